@@ -1,0 +1,269 @@
+"""The `credsidecar` command line.
+
+credsidecar issuer [serve]           run the OIDC issuer
+credsidecar issuer export-discovery  write discovery + JWKS for a public bucket
+credsidecar issuer rotate-key        activate (or --stage) a new signing key
+credsidecar issuer status            users x providers identity table
+credsidecar issuer new-api-key       a platform API key and its digest for the config
+credsidecar issuer revoke-run        revoke a run; disable-user / enable-user
+credsidecar token mint               mint a launch token locally (admins, development)
+credsidecar dev                      run the whole flow locally with no cloud account
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from credsidecar import __version__
+from credsidecar.errors import CredsidecarError
+
+__all__ = ["main"]
+
+log = logging.getLogger("credsidecar")
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from credsidecar.issuer.config import load_config
+
+    return load_config(Path(args.config))
+
+
+def _cmd_issuer_serve(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.runner import serve
+
+    asyncio.run(serve(_config(args)))
+    return 0
+
+
+def _cmd_export_discovery(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.runner import export_discovery, open_service
+
+    with open_service(_config(args)) as service:
+        for path in export_discovery(service, Path(args.directory)):
+            print(path)
+    print(
+        "Upload the .well-known folder so that "
+        f"{service.config.issuer_url}/.well-known/openid-configuration serves it over HTTPS.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_rotate_key(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.runner import open_service
+
+    with open_service(_config(args)) as service:
+        kid = service.keys.rotate(stage=args.stage)
+        service.audit.event("key.staged" if args.stage else "key.rotated", kid=kid)
+        verb = "staged (published, not yet signing)" if args.stage else "active"
+        print(f"key {kid} is now {verb}")
+        for record in service.keys.records:
+            print(f"  {record.kid}  {record.alg}  {record.state}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.runner import open_service
+    from credsidecar.issuer.status import status_rows, status_table
+
+    with open_service(_config(args)) as service:
+        if args.json:
+            print(json.dumps(status_rows(service.policy, service.store), indent=2))
+        else:
+            print(status_table(service.policy, service.store))
+    return 0
+
+
+def _cmd_new_api_key(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.config import new_api_key
+
+    key, digest = new_api_key()
+    print(f"# Give this key to the platform (shown once):\n{key}\n")
+    print(f'# Add this to the issuer config:\n[[platform_keys]]\nname = "{args.name}"')
+    print(f'sha256 = "{digest}"')
+    return 0
+
+
+def _cmd_revoke_run(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.runner import open_service
+
+    with open_service(_config(args)) as service:
+        fresh = service.revoke_run(args.run, args.reason, caller="cli")
+    print(f"run {args.run} {'revoked' if fresh else 'was already revoked'}")
+    return 0
+
+
+def _toggle_user(disabled: bool) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from credsidecar.issuer.runner import open_service
+
+        with open_service(_config(args)) as service:
+            service.set_user_disabled(args.user, disabled, args.reason, caller="cli")
+        print(f"user {args.user} {'disabled' if disabled else 'enabled'}")
+        return 0
+
+    return command
+
+
+def _cmd_token_mint(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.runner import open_service
+    from credsidecar.issuer.service import LaunchRequest
+
+    selections: dict[str, list[str]] = {}
+    for item in args.identity or []:
+        provider, sep, name = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--identity {item!r}: use PROVIDER=NAME, e.g. aws=alice-data")
+        selections.setdefault(provider, []).append(name)
+    body = {
+        "user": args.user,
+        "run": args.run,
+        "workspace": args.workspace,
+        "pipeline": args.pipeline,
+        "identities": selections,
+        "lifetime": args.lifetime,
+    }
+    request = LaunchRequest.from_json({k: v for k, v in body.items() if v})
+    with open_service(_config(args)) as service:
+        result = service.mint(request, caller="cli")
+    if args.out:
+        out = Path(args.out)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(result.token)
+        print(f"launch token {result.jti} (expires {result.expires_at}) written to {out}")
+    elif args.json:
+        print(
+            json.dumps(
+                {
+                    "token": result.token,
+                    "jti": result.jti,
+                    "kid": result.kid,
+                    "expires_at": result.expires_at,
+                    "identities": result.identities,
+                }
+            )
+        )
+    else:
+        print(result.token)
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from credsidecar.dev import run_dev
+
+    return asyncio.run(run_dev(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="credsidecar",
+        description="Per-user, credential-less cloud and HPC identity for pipeline jobs.",
+    )
+    parser.add_argument("--version", action="version", version=f"credsidecar {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("CREDSIDECAR_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (default INFO, or $CREDSIDECAR_LOG_LEVEL)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", required=True, help="issuer config file (TOML)")
+        return p
+
+    issuer = commands.add_parser(
+        "issuer",
+        help="run and administer the OIDC issuer",
+        description="Run and administer the OIDC issuer.",
+    )
+    issuer.set_defaults(func=_cmd_issuer_serve)
+    issuer.add_argument("--config", help="issuer config file (TOML), for serving")
+    sub = issuer.add_subparsers(dest="issuer_command", metavar="ACTION")
+    with_config(sub.add_parser("serve", help="serve the issuer (the default action)")).set_defaults(
+        func=_cmd_issuer_serve
+    )
+    p = with_config(sub.add_parser("export-discovery", help="write discovery + JWKS files"))
+    p.add_argument("directory", help="output directory (its .well-known/ goes to a public bucket)")
+    p.set_defaults(func=_cmd_export_discovery)
+    p = with_config(sub.add_parser("rotate-key", help="activate a new signing key"))
+    p.add_argument(
+        "--stage",
+        action="store_true",
+        help="only publish the new key; the next rotate-key activates it",
+    )
+    p.set_defaults(func=_cmd_rotate_key)
+    p = with_config(sub.add_parser("status", help="users x providers identity table"))
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.set_defaults(func=_cmd_status)
+    p = sub.add_parser("new-api-key", help="generate a platform API key and its config digest")
+    p.add_argument("--name", default="platform", help="name recorded in the audit trail")
+    p.set_defaults(func=_cmd_new_api_key)
+    p = with_config(sub.add_parser("revoke-run", help="revoke a run: later exchanges fail"))
+    p.add_argument("run")
+    p.add_argument("--reason")
+    p.set_defaults(func=_cmd_revoke_run)
+    for name, disabled in (("disable-user", True), ("enable-user", False)):
+        p = with_config(sub.add_parser(name, help=f"{name.split('-')[0]} a user's launches"))
+        p.add_argument("user")
+        p.add_argument("--reason")
+        p.set_defaults(func=_toggle_user(disabled))
+
+    token = commands.add_parser(
+        "token",
+        help="launch tokens from the command line",
+        description="Launch tokens from the command line.",
+    )
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    p = with_config(token_sub.add_parser("mint", help="mint a launch token locally"))
+    p.add_argument("--user", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--workspace")
+    p.add_argument("--pipeline")
+    p.add_argument(
+        "--identity",
+        action="append",
+        metavar="PROVIDER=NAME",
+        help="select a granted identity (repeatable)",
+    )
+    p.add_argument("--lifetime", type=int, help="seconds (default from the issuer config)")
+    p.add_argument("--out", help="write the token to this file (mode 0600) instead of stdout")
+    p.add_argument("--json", action="store_true", help="print token, jti and expiry as JSON")
+    p.set_defaults(func=_cmd_token_mint)
+
+    dev = commands.add_parser(
+        "dev",
+        help="run the issuer locally on a temporary directory with an example policy",
+        description="Start an issuer on a temporary directory with a generated example policy, "
+        "mint a launch token for the user and print what to try. Runs until interrupted.",
+    )
+    dev.add_argument("--user", default="alice", help="user to mint a launch token for")
+    dev.add_argument("--info-file", help="write a JSON description of the running pieces here")
+    dev.set_defaults(func=_cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "issuer" and args.func is _cmd_issuer_serve and not args.config:
+        parser.error("credsidecar issuer: --config is required to serve")
+    try:
+        return int(args.func(args))
+    except CredsidecarError as exc:
+        print(f"credsidecar: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,212 @@
+"""The issuer's HTTP API (aiohttp): discovery, JWKS, mint, exchange, revocation.
+
+GET  /.well-known/openid-configuration     public: the clouds read it
+GET  /.well-known/jwks.json                public
+POST /v1/launch-tokens                     platform API key
+POST /v1/token                             RFC 8693 token exchange; the launch token is the proof
+POST /v1/runs/{run}/revoke                 platform API key
+POST /v1/users/{user}/disable|enable       platform API key
+GET  /healthz
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from credsidecar.errors import BadRequest, CredsidecarError, PayloadTooLarge, Unauthorized
+from credsidecar.issuer.service import IssuerService, LaunchRequest
+
+__all__ = ["SERVICE", "create_app"]
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("service", IssuerService)
+# Keys are re-read from the store this often, so a `rotate-key` run by an admin is picked up.
+KEY_REFRESH_SECONDS = 5.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # OAuth responses carrying tokens must not be cached (RFC 6749 section 5.1).
+    return web.json_response(
+        data, status=status, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Maps every failure to an OAuth-style JSON error; no traceback ever reaches a client."""
+    try:
+        return await handler(request)
+    except CredsidecarError as exc:
+        response = _json(exc.to_json(), status=exc.status)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="credsidecar-issuer"'
+        return response
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SERVICE].config.max_body_bytes
+        return _json(PayloadTooLarge(f"request body exceeds {limit} bytes").to_json(), 413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = {
+            "error": "not_found" if exc.status == 404 else "invalid_request",
+            "error_description": f"{request.method} {request.path}: {exc.reason}",
+        }
+        return _json(body, status=exc.status)
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        body = {"error": "server_error", "error_description": "internal error; see issuer log"}
+        return _json(body, status=500)
+
+
+def _platform_caller(request: web.Request) -> str:
+    """Authenticates a platform API key; returns the key's name for the audit trail."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("this endpoint needs `Authorization: Bearer <platform API key>`")
+    keys = request.app[SERVICE].config.platform_keys
+    # Compare against every key (constant time each) so timing does not reveal which matched.
+    matches = [k.name for k in keys if k.matches(presented.strip())]
+    if not matches:
+        raise Unauthorized("the platform API key is not valid for this issuer")
+    return matches[0]
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+async def discovery(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE].discovery())
+
+
+async def jwks(request: web.Request) -> web.Response:
+    # Short caching keeps clouds from hammering us while still picking up rotations quickly.
+    return web.json_response(
+        request.app[SERVICE].keys.jwks(), headers={"Cache-Control": "public, max-age=300"}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def mint(request: web.Request) -> web.Response:
+    caller = _platform_caller(request)
+    launch = LaunchRequest.from_json(await _json_body(request))
+    service = request.app[SERVICE]
+    result = await asyncio.to_thread(service.mint, launch, caller)
+    return _json(
+        {
+            "token": result.token,
+            "jti": result.jti,
+            "kid": result.kid,
+            "expires_at": result.expires_at,
+            "identities": result.identities,
+        },
+        status=201,
+    )
+
+
+async def token_exchange(request: web.Request) -> web.Response:
+    if request.content_type == "application/json":
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        form = {k: v for k, v in body.items() if isinstance(v, str)}
+    else:
+        # RFC 8693 requests are application/x-www-form-urlencoded.
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    service = request.app[SERVICE]
+    result = await asyncio.to_thread(service.exchange, form)
+    now = service.now()
+    return _json(
+        {
+            "access_token": result.token,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_type": "N_A",
+            "expires_in": max(0, result.expires_at - now),
+            "provider": result.provider,
+            "identity": result.identity,
+        }
+    )
+
+
+async def revoke_run(request: web.Request) -> web.Response:
+    caller = _platform_caller(request)
+    body = await _json_body(request)
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise BadRequest("`reason` must be a string of at most 500 characters")
+    run = request.match_info["run"]
+    service = request.app[SERVICE]
+    fresh = await asyncio.to_thread(service.revoke_run, run, reason, caller)
+    return _json({"run": run, "revoked": True, "already_revoked": not fresh})
+
+
+def _user_toggle(disabled: bool) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        caller = _platform_caller(request)
+        body = await _json_body(request)
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+            raise BadRequest("`reason` must be a string of at most 500 characters")
+        user = request.match_info["user"]
+        service = request.app[SERVICE]
+        await asyncio.to_thread(service.set_user_disabled, user, disabled, reason, caller)
+        return _json({"user": user, "disabled": disabled})
+
+    return handler
+
+
+async def _key_refresher(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(KEY_REFRESH_SECONDS)
+            try:
+                await asyncio.to_thread(service.keys.refresh)
+            except CredsidecarError as exc:
+                log.error("key refresh failed, keeping the keys in memory: %s", exc.message)
+
+    tasks = [asyncio.create_task(loop()), asyncio.create_task(service.policy_holder.watch())]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def create_app(service: IssuerService) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=service.config.max_body_bytes
+    )
+    app[SERVICE] = service
+    app.router.add_get("/.well-known/openid-configuration", discovery)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/launch-tokens", mint)
+    app.router.add_post("/v1/token", token_exchange)
+    app.router.add_post("/v1/runs/{run}/revoke", revoke_run)
+    app.router.add_post("/v1/users/{user}/disable", _user_toggle(True))
+    app.router.add_post("/v1/users/{user}/enable", _user_toggle(False))
+    app.cleanup_ctx.append(_key_refresher)
+    return app

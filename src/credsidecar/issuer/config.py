@@ -1,0 +1,188 @@
+"""Issuer configuration: one TOML file parsed once into a frozen dataclass.
+
+Relative paths are resolved against the directory of the configuration file, so a config and
+its policy can travel together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from credsidecar.errors import ConfigError
+from credsidecar.issuer.keys import ALGORITHMS
+from credsidecar.issuer.toml_errors import line_of, syntax_error_line
+
+__all__ = ["IssuerConfig", "PlatformKey", "issuer_url_warning", "load_config", "new_api_key"]
+
+DEFAULT_LAUNCH_LIFETIME = 24 * 3600
+DEFAULT_MAX_LAUNCH_LIFETIME = 72 * 3600
+# Cloud-facing tokens only live long enough for one STS call; 10 minutes also covers clock skew.
+DEFAULT_EXCHANGE_LIFETIME = 600
+DEFAULT_MAX_BODY = 64 * 1024
+API_KEY_PREFIX = "csk_"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class PlatformKey:
+    name: str
+    sha256: str  # hex digest of the key; the key itself is never stored
+
+    def matches(self, presented: str) -> bool:
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        return hmac.compare_digest(digest, self.sha256)
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    issuer_url: str
+    host: str
+    port: int
+    state_dir: Path
+    policy_path: Path
+    key_algorithm: str = "RS256"
+    launch_lifetime: int = DEFAULT_LAUNCH_LIFETIME
+    max_launch_lifetime: int = DEFAULT_MAX_LAUNCH_LIFETIME
+    exchange_lifetime: int = DEFAULT_EXCHANGE_LIFETIME
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    audit_log: str | None = None
+    platform_keys: tuple[PlatformKey, ...] = ()
+
+    @property
+    def key_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "issuer.db"
+
+
+def new_api_key() -> tuple[str, str]:
+    """A fresh platform API key and the hex SHA-256 digest to put in the config."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, hashlib.sha256(key.encode()).hexdigest()
+
+
+def issuer_url_warning(url: str) -> str | None:
+    """AWS accepts only https:// issuers without a port; say so before a deployment finds out."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or parts.port is not None:
+        return (
+            f"issuer URL {url} is not https:// without a port: fine for the sandbox, but AWS, "
+            "GCP and Azure will not trust it; publish discovery at an https:// URL "
+            "(see `credsidecar issuer export-discovery`)"
+        )
+    return None
+
+
+def _int(data: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key} must be an integer between {low} and {high}", path=(key,))
+    return value
+
+
+def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
+    known = {
+        "issuer_url",
+        "listen",
+        "state_dir",
+        "policy",
+        "key_algorithm",
+        "launch_token_lifetime",
+        "max_launch_token_lifetime",
+        "exchange_token_lifetime",
+        "max_body_bytes",
+        "tls",
+        "audit_log",
+        "platform_keys",
+    }
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{key!r} is not a known issuer setting", path=(key,))
+    url = data.get("issuer_url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError("issuer_url must be an http(s) URL", path=("issuer_url",))
+    if parts.query or parts.fragment or url.endswith("/"):
+        raise ConfigError(
+            "issuer_url must have no query, fragment or trailing slash", path=("issuer_url",)
+        )
+    host, _, port_text = str(data.get("listen", "127.0.0.1:8400")).rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError("listen must be HOST:PORT, e.g. 127.0.0.1:8400", path=("listen",))
+    alg = data.get("key_algorithm", "RS256")
+    if alg not in ALGORITHMS:
+        raise ConfigError(f"key_algorithm must be one of {ALGORITHMS}", path=("key_algorithm",))
+
+    def path(key: str, value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} must be a path", path=(key,))
+        return (base / value).resolve()
+
+    tls = data.get("tls", {})
+    cert = path("tls", tls["cert"]) if "cert" in tls else None
+    key = path("tls", tls["key"]) if "key" in tls else None
+    if (cert is None) != (key is None):
+        raise ConfigError("[tls] needs both cert and key", path=("tls",))
+    max_launch = _int(
+        data, "max_launch_token_lifetime", DEFAULT_MAX_LAUNCH_LIFETIME, 300, 30 * 86400
+    )
+    platform_keys = []
+    for i, row in enumerate(data.get("platform_keys", [])):
+        name, digest = row.get("name"), str(row.get("sha256", "")).lower()
+        if not name or not _SHA256_HEX.fullmatch(digest):
+            raise ConfigError(
+                "each [[platform_keys]] needs a name and the key's sha256 hex digest "
+                "(`credsidecar issuer new-api-key` prints both)",
+                path=("platform_keys", i),
+            )
+        platform_keys.append(PlatformKey(name=name, sha256=digest))
+    audit = data.get("audit_log")
+    return IssuerConfig(
+        issuer_url=url,
+        host=host.strip("[]"),
+        port=int(port_text),
+        state_dir=path("state_dir", data.get("state_dir", "state")),
+        policy_path=path("policy", data.get("policy", "policy.toml")),
+        key_algorithm=alg,
+        launch_lifetime=_int(
+            data, "launch_token_lifetime", DEFAULT_LAUNCH_LIFETIME, 60, max_launch
+        ),
+        max_launch_lifetime=max_launch,
+        exchange_lifetime=_int(
+            data, "exchange_token_lifetime", DEFAULT_EXCHANGE_LIFETIME, 60, 3600
+        ),
+        max_body_bytes=_int(data, "max_body_bytes", DEFAULT_MAX_BODY, 1024, 1024 * 1024),
+        tls_cert=cert,
+        tls_key=key,
+        audit_log=audit if audit in (None, "-") else str(path("audit_log", audit)),
+        platform_keys=tuple(platform_keys),
+    )
+
+
+def load_config(path: Path) -> IssuerConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read issuer config {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}:{syntax_error_line(str(exc)) or '?'}: {exc}") from exc
+    try:
+        return _parse(data, path.parent.resolve())
+    except ConfigError as exc:
+        line = line_of(text, exc.path) if exc.path else None
+        raise ConfigError(f"{path}:{line or '?'}: {exc.message}", path=exc.path) from exc

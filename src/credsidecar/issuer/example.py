@@ -1,0 +1,120 @@
+"""A working example configuration: what `credsidecar dev` starts and the README shows."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from credsidecar.issuer.config import new_api_key
+
+__all__ = ["EXAMPLE_POLICY", "free_port", "write_example"]
+
+EXAMPLE_POLICY = """\
+# Identity policy: users, workspaces, identities per provider, and grants.
+
+[providers.aws]
+audience = "sts.amazonaws.com"
+
+[[users]]
+id = "alice"
+email = "alice@example.org"
+name = "Alice"
+
+[[users]]
+id = "bob"
+email = "bob@example.org"
+name = "Bob"
+
+[[users]]
+id = "carol"
+email = "carol@example.org"
+name = "Carol (no grants yet)"
+
+[[workspaces]]
+id = "genomics"
+members = ["alice", "bob"]
+
+[identities.aws.alice-data]
+role_arn = "arn:aws:iam::000000000000:role/alice-data"
+
+[identities.aws.bob-data]
+role_arn = "arn:aws:iam::000000000000:role/bob-data"
+
+[identities.aws.genomics-readonly]
+role_arn = "arn:aws:iam::000000000000:role/genomics-readonly"
+session_tags = { cost-center = "genomics" }
+
+[identities.gcp.alice]
+audience = "//iam.googleapis.com/projects/000000000000/locations/global/workloadIdentityPools/\
+credsidecar/providers/sandbox"
+service_account = "alice@sandbox-project.iam.gserviceaccount.com"
+
+[identities.azure.genomics-pipelines]
+tenant_id = "00000000-0000-4000-8000-000000000001"
+client_id = "00000000-0000-4000-8000-0000000000a1"
+
+[identities.hpc.sandbox-cluster]
+scheduler = "slurm"
+host = "127.0.0.1"
+port = 2222
+usernames = { alice = "alice", bob = "bob" }
+
+[[grants]]
+users = ["alice"]
+provider = "aws"
+identities = ["alice-data"]
+
+[[grants]]
+users = ["bob"]
+provider = "aws"
+identities = ["bob-data"]
+
+[[grants]]
+workspaces = ["genomics"]
+provider = "aws"
+identities = ["genomics-readonly"]
+
+[[grants]]
+users = ["alice"]
+provider = "gcp"
+identities = ["alice"]
+
+[[grants]]
+workspaces = ["genomics"]
+provider = "azure"
+identities = ["genomics-pipelines"]
+
+[[grants]]
+workspaces = ["genomics"]
+provider = "hpc"
+identities = ["sandbox-cluster"]
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def write_example(directory: Path, port: int) -> tuple[Path, str]:
+    """Writes issuer.toml and policy.toml; returns the config path and a fresh platform API key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, digest = new_api_key()
+    (directory / "policy.toml").write_text(EXAMPLE_POLICY, encoding="utf-8")
+    config = directory / "issuer.toml"
+    config.write_text(
+        f"""\
+issuer_url = "http://127.0.0.1:{port}"
+listen = "127.0.0.1:{port}"
+state_dir = "state"
+policy = "policy.toml"
+audit_log = "audit.jsonl"
+
+[[platform_keys]]
+name = "dev-platform"
+sha256 = "{digest}"
+""",
+        encoding="utf-8",
+    )
+    return config, key

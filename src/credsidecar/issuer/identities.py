@@ -1,0 +1,274 @@
+"""The cloud and HPC identities a policy can grant, one frozen dataclass per provider.
+
+Each identity knows three things the issuer needs: the audience its cloud expects on a federated
+token, the subject that cloud should see for a given user, and the non-secret descriptor the
+sidecar receives in the launch token (role ARN, service account, client id, cluster address).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from credsidecar.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_AUDIENCES",
+    "PROVIDERS",
+    "AwsIdentity",
+    "AzureIdentity",
+    "GcpIdentity",
+    "HpcCluster",
+    "Identity",
+    "parse_identity",
+]
+
+PROVIDERS = ("aws", "gcp", "azure", "hpc")
+
+# Audiences the clouds expect unless an administrator registered another one.
+DEFAULT_AUDIENCES = {
+    "aws": "sts.amazonaws.com",
+    "azure": "api://AzureADTokenExchange",
+}
+
+SCHEDULERS = frozenset(
+    {"slurm", "lsf", "pbs", "pbspro", "torque", "sge", "uge", "moab", "htcondor"}
+)
+
+_ROLE_ARN = re.compile(r"arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_LINUX_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]")
+
+
+@dataclass(frozen=True)
+class Identity:
+    provider: ClassVar[str]
+    name: str
+
+    @property
+    def audience(self) -> str | None:
+        return None
+
+    def subject_for(self, user_subject: str) -> str:
+        """AWS and GCP match many subjects in trust policies, so they see the user."""
+        return user_subject
+
+    def usable_by(self, user_id: str) -> bool:
+        return True
+
+    def descriptor(self, user_id: str) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@dataclass(frozen=True)
+class AwsIdentity(Identity):
+    provider: ClassVar[str] = "aws"
+    role_arn: str = ""
+    aws_audience: str = DEFAULT_AUDIENCES["aws"]
+    session_tags: Mapping[str, str] = field(default_factory=dict)
+    session_policy: str | None = None
+
+    @property
+    def audience(self) -> str:
+        return self.aws_audience
+
+    def descriptor(self, user_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "role_arn": self.role_arn}
+        out["audience"] = self.aws_audience
+        if self.session_policy:
+            out["session_policy"] = self.session_policy
+        return out
+
+
+@dataclass(frozen=True)
+class GcpIdentity(Identity):
+    provider: ClassVar[str] = "gcp"
+    gcp_audience: str = ""
+    service_account: str | None = None
+    project_id: str | None = None
+    project_number: str | None = None
+
+    @property
+    def audience(self) -> str:
+        return self.gcp_audience
+
+    def descriptor(self, user_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "audience": self.gcp_audience}
+        for key in ("service_account", "project_id", "project_number"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(frozen=True)
+class AzureIdentity(Identity):
+    provider: ClassVar[str] = "azure"
+    tenant_id: str = ""
+    client_id: str = ""
+    # Entra federated credentials match one exact subject (at most 20 per identity), so the
+    # identity, not the user, is the subject; the issuer enforces which users may use it.
+    subject: str = ""
+    azure_audience: str = DEFAULT_AUDIENCES["azure"]
+    object_id: str | None = None
+    resource_id: str | None = None
+
+    @property
+    def audience(self) -> str:
+        return self.azure_audience
+
+    def subject_for(self, user_subject: str) -> str:
+        return self.subject
+
+    def descriptor(self, user_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "tenant_id": self.tenant_id,
+            "client_id": self.client_id,
+            "audience": self.azure_audience,
+        }
+        for key in ("object_id", "resource_id"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(frozen=True)
+class HpcCluster(Identity):
+    provider: ClassVar[str] = "hpc"
+    scheduler: str = "slurm"
+    host: str = ""
+    port: int = 22
+    usernames: Mapping[str, str] = field(default_factory=dict)
+
+    def usable_by(self, user_id: str) -> bool:
+        return user_id in self.usernames
+
+    def descriptor(self, user_id: str) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "scheduler": self.scheduler,
+            "host": self.host,
+            "port": self.port,
+            "username": self.usernames.get(user_id),
+        }
+
+
+class _Fields:
+    """Typed access to one identity table that names the offending key when it is wrong."""
+
+    def __init__(self, provider: str, name: str, table: Mapping[str, Any]) -> None:
+        self.provider, self.name, self.table = provider, name, table
+        self.used: set[str] = set()
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(
+            f"{self.provider} identity {self.name!r}: {key} {reason}",
+            path=("identities", self.provider, self.name, key),
+        )
+
+    def text(
+        self,
+        key: str,
+        pattern: re.Pattern[str] | None = None,
+        required: bool = True,
+        default: str | None = None,
+        hint: str = "",
+    ) -> str | None:
+        self.used.add(key)
+        value = self.table.get(key, default)
+        if value is None:
+            if required:
+                raise self.fail(key, f"is required{hint}")
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "must be a non-empty string")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise self.fail(key, f"{value!r} is not valid{hint}")
+        return value
+
+    def mapping(self, key: str) -> dict[str, str]:
+        self.used.add(key)
+        value = self.table.get(key, {})
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise self.fail(key, "must be a table of string keys and string values")
+        return dict(value)
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "is not a known setting")
+
+
+def parse_identity(
+    provider: str, name: str, table: Mapping[str, Any], audiences: Mapping[str, str]
+) -> Identity:
+    """Builds one identity from its `[identities.PROVIDER.NAME]` table."""
+    f = _Fields(provider, name, table)
+    identity: Identity
+    if provider == "aws":
+        identity = AwsIdentity(
+            name=name,
+            role_arn=str(f.text("role_arn", _ROLE_ARN, hint=" (arn:aws:iam::ACCOUNT:role/NAME)")),
+            aws_audience=str(f.text("audience", default=audiences.get("aws", "sts.amazonaws.com"))),
+            session_tags=f.mapping("session_tags"),
+            session_policy=f.text("session_policy", required=False),
+        )
+    elif provider == "gcp":
+        identity = GcpIdentity(
+            name=name,
+            gcp_audience=str(
+                f.text("audience", hint=" (the workload identity provider's audience)")
+            ),
+            service_account=f.text("service_account", _EMAIL, required=False),
+            project_id=f.text("project_id", required=False),
+            project_number=f.text("project_number", re.compile(r"\d{1,20}"), required=False),
+        )
+    elif provider == "azure":
+        identity = AzureIdentity(
+            name=name,
+            tenant_id=str(f.text("tenant_id", re.compile(f"{_GUID.pattern}|{_DOMAIN.pattern}"))),
+            client_id=str(f.text("client_id", _GUID, hint=" (a GUID)")),
+            subject=str(f.text("subject", default=f"credsidecar:azure:{name}")),
+            azure_audience=str(
+                f.text("audience", default=audiences.get("azure", DEFAULT_AUDIENCES["azure"]))
+            ),
+            object_id=f.text("object_id", _GUID, required=False),
+            resource_id=f.text("resource_id", required=False),
+        )
+    elif provider == "hpc":
+        scheduler = str(f.text("scheduler", default="slurm")).lower()
+        if scheduler not in SCHEDULERS:
+            raise f.fail(
+                "scheduler", f"{scheduler!r} is not one of {', '.join(sorted(SCHEDULERS))}"
+            )
+        f.used.add("port")
+        port = table.get("port", 22)
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise f.fail("port", "must be an integer between 1 and 65535")
+        usernames = f.mapping("usernames")
+        for user, linux in usernames.items():
+            if not _LINUX_USER.fullmatch(linux):
+                raise f.fail(
+                    "usernames", f"maps {user!r} to {linux!r}, which is not a Linux username"
+                )
+        identity = HpcCluster(
+            name=name,
+            scheduler=scheduler,
+            host=str(f.text("host", _HOST)),
+            port=port,
+            usernames=usernames,
+        )
+    else:
+        raise ConfigError(
+            f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}",
+            path=("identities", provider),
+        )
+    f.check_unknown()
+    return identity
