@@ -112,8 +112,10 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
         if key not in known:
             raise ConfigError(f"{key!r} is not a known issuer setting", path=(key,))
     url = data.get("issuer_url")
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    if not isinstance(url, str):
+        raise ConfigError("issuer_url must be an http(s) URL", path=("issuer_url",))
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError("issuer_url must be an http(s) URL", path=("issuer_url",))
     if parts.query or parts.fragment or url.endswith("/"):
         raise ConfigError(
@@ -132,9 +134,9 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
         return (base / value).resolve()
 
     tls = data.get("tls", {})
-    cert = path("tls", tls["cert"]) if "cert" in tls else None
-    key = path("tls", tls["key"]) if "key" in tls else None
-    if (cert is None) != (key is None):
+    tls_cert = path("tls", tls["cert"]) if "cert" in tls else None
+    tls_key = path("tls", tls["key"]) if "key" in tls else None
+    if (tls_cert is None) != (tls_key is None):
         raise ConfigError("[tls] needs both cert and key", path=("tls",))
     max_launch = _int(
         data, "max_launch_token_lifetime", DEFAULT_MAX_LAUNCH_LIFETIME, 300, 30 * 86400
@@ -165,8 +167,8 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
             data, "exchange_token_lifetime", DEFAULT_EXCHANGE_LIFETIME, 60, 3600
         ),
         max_body_bytes=_int(data, "max_body_bytes", DEFAULT_MAX_BODY, 1024, 1024 * 1024),
-        tls_cert=cert,
-        tls_key=key,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         audit_log=audit if audit in (None, "-") else str(path("audit_log", audit)),
         platform_keys=tuple(platform_keys),
     )

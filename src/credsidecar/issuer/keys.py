@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from joserfc import jwt
-from joserfc.jwk import ECKey, KeySet, RSAKey
+from joserfc.jwk import ECKey, KeySet, OctKey, OKPKey, RSAKey
 
 from credsidecar.errors import ConfigError, Unavailable
+from credsidecar.issuer.limits import check_jwt_size
 from credsidecar.issuer.store import KeyRecord, Store
 
 __all__ = ["ALGORITHMS", "KeyRing"]
@@ -26,6 +27,7 @@ ALGORITHMS = ("RS256", "ES256")
 RSA_BITS = 2048  # accepted by every cloud; 2048 keeps signing fast on the exchange path
 
 SigningKey = RSAKey | ECKey
+Key = RSAKey | ECKey | OctKey | OKPKey
 
 
 def _generate(alg: str) -> SigningKey:
@@ -65,6 +67,7 @@ class KeyRing:
         self._lock = threading.Lock()
         self._loaded: dict[str, SigningKey] = {}
         self._records: list[KeyRecord] = []
+        self._verification = KeySet([])
         key_dir.mkdir(parents=True, exist_ok=True)
         key_dir.chmod(0o700)
         self.refresh()
@@ -94,8 +97,14 @@ class KeyRing:
                         f"read ({exc.strerror}); restore the key directory or rotate-key"
                     ) from exc
             loaded[record.kid] = key
+        # Built once per refresh: every exchange verifies against this set.
+        public: list[Key] = [
+            type(key).import_key(key.as_dict(private=False), {"kid": kid})
+            for kid, key in loaded.items()
+        ]
         with self._lock:
             self._records, self._loaded = records, loaded
+            self._verification = KeySet(public)
 
     @property
     def records(self) -> list[KeyRecord]:
@@ -138,14 +147,11 @@ class KeyRing:
         return {"keys": keys}
 
     def verification_keys(self) -> KeySet:
-        keys = []
-        for record in self._records:
-            key = self._loaded[record.kid]
-            keys.append(type(key).import_key(key.as_dict(private=False), {"kid": record.kid}))
-        return KeySet(keys)
+        """Public keys of every published key (active, staged and retired-but-live)."""
+        return self._verification
 
     def sign(self, claims: Mapping[str, Any]) -> tuple[str, str]:
-        """Signs with the active key and returns (token, kid)."""
+        """Signs with the active key and returns (token, kid); refuses oversize tokens."""
         with self._lock:
             record = self.active
             if record is None:
@@ -153,5 +159,7 @@ class KeyRing:
             key = self._loaded[record.kid]
         header = {"alg": record.alg, "kid": record.kid, "typ": "JWT"}
         token = jwt.encode(header, dict(claims), key)
+        # A token a cloud would refuse is dropped here, before it counts as issued.
+        check_jwt_size(token)
         self._store.record_signature(record.kid, int(claims["exp"]))
         return token, record.kid

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from credsidecar.audit import AuditLog
+from credsidecar.errors import CredsidecarError
 from credsidecar.issuer.app import create_app
 from credsidecar.issuer.config import IssuerConfig, issuer_url_warning
 from credsidecar.issuer.keys import KeyRing
@@ -59,6 +60,15 @@ def export_discovery(service: IssuerService, out_dir: Path) -> list[Path]:
     return written
 
 
+def _reload(service: IssuerService) -> None:
+    """SIGHUP: pick up policy edits and key rotations now rather than at the next poll."""
+    service.policy_holder.reload()
+    try:
+        service.keys.refresh()
+    except CredsidecarError as exc:
+        log.error("key refresh failed, keeping the keys in memory: %s", exc.message)
+
+
 def _tls_context(config: IssuerConfig) -> ssl.SSLContext | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
@@ -71,7 +81,7 @@ def _tls_context(config: IssuerConfig) -> ssl.SSLContext | None:
 async def serve(
     config: IssuerConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    """Runs the issuer until SIGTERM/SIGINT (or `stop` is set); SIGHUP reloads the policy."""
+    """Runs the issuer until SIGTERM/SIGINT (or `stop` is set); SIGHUP reloads policy and keys."""
     warning = issuer_url_warning(config.issuer_url)
     if warning:
         log.warning("%s", warning)
@@ -85,7 +95,7 @@ async def serve(
         await site.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, service.policy_holder.reload)
+        loop.add_signal_handler(signal.SIGHUP, _reload, service)
         active = service.keys.active
         log.info(
             "issuer %s listening on %s (active key %s)",

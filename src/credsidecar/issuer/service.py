@@ -40,7 +40,6 @@ from credsidecar.issuer.limits import (
     AWS_SOURCE_IDENTITY_CLAIM,
     AWS_TAGS_CLAIM,
     check_claims,
-    check_jwt_size,
     check_tags,
 )
 from credsidecar.issuer.policy import Policy
@@ -274,7 +273,6 @@ class IssuerService:
             claims["email"] = user.email
         check_claims(claims)
         token, kid = self.keys.sign(claims)
-        check_jwt_size(token)
         names = {p: [i.name for i in identities] for p, identities in chosen.items()}
         self.audit.event(
             "launch_token.minted",
@@ -325,12 +323,19 @@ class IssuerService:
                 f"the launch token of run {claims.get('run')!r} expired at {claims.get('exp')}; "
                 "the run outlived its maximum lifetime, so relaunch it"
             ) from exc
-        except (InvalidClaimError, MissingClaimError) as exc:
+        except InvalidClaimError as exc:
+            if exc.claim in ("nbf", "iat"):
+                raise InvalidGrant(
+                    f"subject_token is not valid yet ({exc.description}); check that the "
+                    "clocks of the issuer and this host agree"
+                ) from exc
             raise InvalidGrant(
                 f"subject_token is not a launch token of this issuer: {exc.description}"
             ) from exc
-        except JoseError as exc:  # not yet valid (nbf/iat in the future)
-            raise InvalidGrant(f"subject_token is not valid yet: {exc.description}") from exc
+        except (MissingClaimError, JoseError) as exc:
+            raise InvalidGrant(
+                f"subject_token is not a launch token of this issuer: {exc.description}"
+            ) from exc
         if claims.get("token_use") != LAUNCH_TOKEN_USE:
             raise InvalidGrant("subject_token is not a launch token (token_use is not 'launch')")
         return dict(claims)
@@ -445,7 +450,6 @@ class IssuerService:
             out[AWS_TAGS_CLAIM] = {"principal_tags": {k: [v] for k, v in tags.items()}}
         check_claims(out)
         token, kid = self.keys.sign(out)
-        check_jwt_size(token)
         self.audit.event(
             "token.exchanged",
             user=user.id,

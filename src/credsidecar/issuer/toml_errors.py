@@ -57,6 +57,13 @@ def line_of(text: str, path: tuple[str | int, ...]) -> int | None:
                 if re.match(rf"^\s*[\"']?{re.escape(wanted)}[\"']?\s*[=.]", body):
                     return offset
             return number + 1
+    # A top-level key lives before the first table header.
+    if path and isinstance(path[0], str):
+        for number, line in enumerate(lines):
+            if _HEADER.match(line):
+                break
+            if re.match(rf"^\s*[\"']?{re.escape(path[0])}[\"']?\s*=", line):
+                return number + 1
     return None
 
 

@@ -1,0 +1,214 @@
+"""The issuer as a real process: HTTP(S), rotation by the admin command, restarts, SIGHUP.
+
+Tokens are verified with PyJWT's JWKS client fetching the JWKS over HTTP, not with the code
+that signed them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+
+from credsidecar.issuer.example import free_port, write_example
+from tests.e2e.tls import make_ca_and_cert
+
+CLI = [sys.executable, "-m", "credsidecar"]
+
+
+class IssuerProcess:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.config, self.api_key = write_example(directory, self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = directory / "issuer.log"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [*CLI, "issuer", "--config", str(self.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
+                    return
+            except OSError:
+                assert self.proc.poll() is None, self.log.read_text()
+                time.sleep(0.05)
+        raise AssertionError(f"issuer did not start: {self.log.read_text()}")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=10)
+
+    def post(self, path: str, body: dict[str, Any] | None = None, form: bool = False) -> Any:
+        if form:
+            data = urllib.parse.urlencode(body or {}).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        else:
+            data = json.dumps(body or {}).encode()
+            headers = {"Content-Type": "application/json",
+                       "Authorization": f"Bearer {self.api_key}"}  # fmt: skip
+        request = urllib.request.Request(self.url + path, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def mint(self, run: str = "run-1") -> dict[str, Any]:
+        status, body = self.post(
+            "/v1/launch-tokens", {"user": "alice", "run": run, "workspace": "genomics"}
+        )
+        assert status == 201, body
+        return dict(body)
+
+    def exchange(self, token: str) -> tuple[int, dict[str, Any]]:
+        return self.post(  # type: ignore[no-any-return]
+            "/v1/token",
+            {
+                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                "subject_token": token,
+                "audience": "sts.amazonaws.com",
+            },
+            form=True,
+        )
+
+    def verify(self, token: str, audience: str) -> dict[str, Any]:
+        client = pyjwt.PyJWKClient(f"{self.url}/.well-known/jwks.json", cache_jwk_set=False)
+        key = client.get_signing_key_from_jwt(token)
+        return dict(
+            pyjwt.decode(token, key.key, algorithms=["RS256"], audience=audience, issuer=self.url)
+        )
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Iterator[IssuerProcess]:
+    process = IssuerProcess(tmp_path)
+    process.start()
+    yield process
+    if process.proc and process.proc.poll() is None:
+        process.proc.kill()
+        process.proc.wait()
+
+
+def run_cli(*args: str) -> str:
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_tokens_verify_with_pyjwt_against_jwks_over_http(issuer: IssuerProcess) -> None:
+    minted = issuer.mint()
+    claims = issuer.verify(minted["token"], audience=issuer.url)
+    assert claims["user"] == "alice" and claims["jti"] == minted["jti"]
+    status, body = issuer.exchange(minted["token"])
+    assert status == 200, body
+    cloud = issuer.verify(body["access_token"], audience="sts.amazonaws.com")
+    assert cloud["https://aws.amazon.com/source_identity"] == "alice"
+
+
+def test_rotation_keeps_old_tokens_verifying_and_signs_new_ones_with_the_new_kid(
+    issuer: IssuerProcess,
+) -> None:
+    old = issuer.mint()
+    old_kid = pyjwt.get_unverified_header(old["token"])["kid"]
+    out = run_cli("issuer", "rotate-key", "--config", str(issuer.config))
+    new_kid = out.split()[1]
+    assert new_kid != old_kid
+    assert issuer.proc is not None
+    issuer.proc.send_signal(signal.SIGHUP)  # picks up the rotation now instead of within 5 s
+    deadline = time.monotonic() + 10
+    while True:
+        new = issuer.mint(run="run-2")
+        if pyjwt.get_unverified_header(new["token"])["kid"] == new_kid:
+            break
+        assert time.monotonic() < deadline, "issuer never switched to the rotated key"
+        time.sleep(0.1)
+    jwks = json.loads(urllib.request.urlopen(f"{issuer.url}/.well-known/jwks.json").read())
+    assert {k["kid"] for k in jwks["keys"]} == {old_kid, new_kid}
+    assert issuer.verify(old["token"], audience=issuer.url)["run"] == "run-1"
+    assert issuer.verify(new["token"], audience=issuer.url)["run"] == "run-2"
+    # The old launch token still exchanges; the result is signed with the new key.
+    status, body = issuer.exchange(old["token"])
+    assert status == 200
+    assert pyjwt.get_unverified_header(body["access_token"])["kid"] == new_kid
+
+
+def test_revocation_survives_a_restart(issuer: IssuerProcess) -> None:
+    minted = issuer.mint()
+    status, _ = issuer.post("/v1/runs/run-1/revoke", {"reason": "test"})
+    assert status == 200
+    assert issuer.stop() == 0
+    issuer.start()
+    status, body = issuer.exchange(minted["token"])
+    assert status == 403
+    assert "run 'run-1'" in body["error_description"] and "revoked" in body["error_description"]
+
+
+def test_policy_file_change_is_picked_up_and_a_broken_one_is_refused(
+    issuer: IssuerProcess,
+) -> None:
+    policy = issuer.config.parent / "policy.toml"
+    good = policy.read_text()
+    policy.write_text(good + "\nthis is = = broken\n")
+    assert issuer.proc is not None
+    issuer.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert issuer.exchange(issuer.mint()["token"])[0] == 200  # old policy still in force
+    assert "policy reload rejected" in issuer.log.read_text()
+    assert f"policy.toml:{len(good.splitlines()) + 2}:" in issuer.log.read_text()
+    # Disable alice in the file; the watcher notices the change without a signal.
+    policy.write_text(good.replace('id = "alice"\n', 'id = "alice"\ndisabled = true\n'))
+    deadline = time.monotonic() + 10
+    while issuer.post("/v1/launch-tokens", {"user": "alice", "run": "r9"})[0] != 403:
+        assert time.monotonic() < deadline, "policy change was not picked up"
+        time.sleep(0.2)
+
+
+def test_https_with_certificate(tmp_path: Path) -> None:
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    process = IssuerProcess(tmp_path / "issuer")
+    text = process.config.read_text().replace("http://", "https://")
+    process.config.write_text(text + f'\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    process.url = process.url.replace("http://", "https://")
+    context = ssl.create_default_context(cafile=str(ca))
+    proc = subprocess.Popen(
+        [*CLI, "issuer", "--config", str(process.config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(
+                f"{process.url}/.well-known/openid-configuration", context=context, timeout=1
+            ) as resp:
+                assert json.loads(resp.read())["issuer"] == process.url
+                break
+        except OSError:
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    # https with a port: still warned about, since AWS wants no port.
+    assert b"is not https:// without a port" in stderr

@@ -1,0 +1,137 @@
+"""The command line: help and version, admin commands, and `credsidecar dev`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from credsidecar import __version__
+from credsidecar.issuer.example import write_example
+
+CLI = [sys.executable, "-m", "credsidecar"]
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
+    if ok:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_version() -> None:
+    assert run("--version").stdout.strip() == f"credsidecar {__version__}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [], ["issuer"], ["issuer", "serve"], ["issuer", "export-discovery"],
+        ["issuer", "rotate-key"], ["issuer", "status"], ["issuer", "new-api-key"],
+        ["issuer", "revoke-run"], ["issuer", "disable-user"], ["issuer", "enable-user"],
+        ["token"], ["token", "mint"], ["dev"],
+    ],
+)  # fmt: skip
+def test_every_command_has_help(command: list[str]) -> None:
+    out = run(*command, "--help").stdout
+    assert out.startswith("usage: credsidecar")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_example(tmp_path, port=8400)[0]
+
+
+def test_status_prints_the_identity_table(config: Path) -> None:
+    out = run("issuer", "status", "--config", str(config)).stdout
+    assert out.splitlines()[0].split() == ["USER", "AWS", "GCP", "AZURE", "HPC"]
+    carol = next(line for line in out.splitlines() if line.startswith("carol"))
+    assert carol.split()[1:] == ["missing"] * 4
+    rows = json.loads(run("issuer", "status", "--config", str(config), "--json").stdout)
+    assert {r["user"] for r in rows} == {"alice", "bob", "carol"}
+
+
+def test_export_discovery_writes_static_files(config: Path, tmp_path: Path) -> None:
+    run("issuer", "export-discovery", "--config", str(config), str(tmp_path / "public"))
+    discovery = json.loads((tmp_path / "public/.well-known/openid-configuration").read_text())
+    jwks = json.loads((tmp_path / "public/.well-known/jwks.json").read_text())
+    assert discovery["jwks_uri"] == "http://127.0.0.1:8400/.well-known/jwks.json"
+    assert len(jwks["keys"]) == 1 and "d" not in jwks["keys"][0]
+
+
+def test_token_mint_writes_a_private_file_and_the_audit_names_the_cli(
+    config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "launch.jwt"
+    selection = ["--workspace", "genomics", "--identity", "aws=genomics-readonly"]
+    run("token", "mint", "--config", str(config), "--user", "bob", "--run", "r1", *selection,
+        "--out", str(out))  # fmt: skip
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert out.read_text().count(".") == 2
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "launch_token.minted"
+    assert events[-1]["identities"] == {"aws": ["genomics-readonly"], "azure": [
+        "genomics-pipelines"], "hpc": ["sandbox-cluster"]}  # fmt: skip
+    assert events[-1]["caller"] == "cli"
+
+
+def test_token_mint_refusal_is_a_readable_error(config: Path) -> None:
+    done = run("token", "mint", "--config", str(config), "--user", "bob", "--run", "r1",
+               "--identity", "aws=alice-data", ok=False)  # fmt: skip
+    assert done.returncode == 2
+    assert "user 'bob' may not use aws identity 'alice-data'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_config_is_a_readable_error(tmp_path: Path) -> None:
+    bad = tmp_path / "issuer.toml"
+    bad.write_text('issuer_url = "https://x"\nlisten = 5\n')
+    done = run("issuer", "--config", str(bad), ok=False)
+    assert done.returncode == 2
+    assert f"{bad}:2: listen must be HOST:PORT" in done.stderr
+
+
+def test_revoke_run_and_rotate_key_from_the_cli(config: Path) -> None:
+    assert "revoked" in run("issuer", "revoke-run", "--config", str(config), "r1").stdout
+    assert "already revoked" in run("issuer", "revoke-run", "--config", str(config), "r1").stdout
+    out = run("issuer", "rotate-key", "--config", str(config), "--stage").stdout
+    assert "staged" in out and out.count("pending") == 1
+
+
+def test_new_api_key_prints_key_and_digest() -> None:
+    out = run("issuer", "new-api-key", "--name", "seqera").stdout
+    assert "csk_" in out and 'name = "seqera"' in out and "sha256 = " in out
+
+
+def test_dev_runs_an_issuer_until_interrupted(tmp_path: Path) -> None:
+    info_file = tmp_path / "info.json"
+    proc = subprocess.Popen(
+        [*CLI, "dev", "--info-file", str(info_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not info_file.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        info = json.loads(info_file.read_text())
+        with urllib.request.urlopen(f"{info['issuer_url']}/.well-known/jwks.json") as resp:
+            assert json.loads(resp.read())["keys"]
+        assert Path(info["launch_token_file"]).read_text().count(".") == 2
+        assert info["identities"]["aws"] == ["alice-data", "genomics-readonly"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 0, stderr
+    assert f"issuer running at {info['issuer_url']}" in stdout
+    assert not Path(info["workdir"]).exists()  # the temporary directory is cleaned up
