@@ -162,6 +162,40 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return asyncio.run(run_dev(args))
 
 
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from credsidecar.dev import run_sandbox
+
+    return asyncio.run(run_sandbox(args))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from credsidecar.config import from_args
+    from credsidecar.daemon import run_sidecar
+
+    return asyncio.run(run_sidecar(from_args(args)))
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    import time
+
+    from credsidecar.config import default_run_dir
+    from credsidecar.daemon import ENV_FILE_NAME
+
+    path = Path(args.run_dir or default_run_dir()) / ENV_FILE_NAME
+    deadline = time.monotonic() + args.wait
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            print(
+                f"credsidecar: no ready sidecar uses run directory {path.parent} (no {path.name} "
+                "file); start `credsidecar serve` or pass its --run-dir",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.1)
+    sys.stdout.write(path.read_text(encoding="utf-8"))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="credsidecar",
@@ -238,14 +272,64 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print token, jti and expiry as JSON")
     p.set_defaults(func=_cmd_token_mint)
 
+    from credsidecar.config import add_sidecar_arguments, default_run_dir
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the sidecar beside a job",
+        description="Exchange the launch token for the user's short-lived cloud credentials and "
+        "serve them on emulated metadata endpoints on 127.0.0.1. Every flag also reads "
+        "CREDSIDECAR_<FLAG> from the environment.",
+    )
+    add_sidecar_arguments(serve, os.environ)
+    serve.set_defaults(func=_cmd_serve)
+
+    env = commands.add_parser(
+        "env",
+        help="print the export/unset lines a job needs",
+        description="Print the job environment of the sidecar using this run directory: "
+        '`eval "$(credsidecar env)"` in the job.',
+    )
+    env.add_argument(
+        "--run-dir",
+        default=os.environ.get("CREDSIDECAR_RUN_DIR"),
+        help=f"the sidecar's --run-dir (default {default_run_dir()})",
+    )
+    env.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="wait up to this many seconds for the sidecar to become ready",
+    )
+    env.set_defaults(func=_cmd_env)
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="run only the local sandbox clouds for an issuer",
+        description="Start the sandbox clouds (moto with IAM enforcement behind a validating "
+        "STS stand-in) trusting the given issuer; print their endpoints as JSON.",
+    )
+    sandbox.add_argument("--issuer-url", required=True, help="issuer the sandbox trusts")
+    sandbox.add_argument("--aws-audience", default="sts.amazonaws.com")
+    sandbox.add_argument("--info-file", help="also write the JSON description here")
+    sandbox.set_defaults(func=_cmd_sandbox)
+
     dev = commands.add_parser(
         "dev",
-        help="run the issuer locally on a temporary directory with an example policy",
-        description="Start an issuer on a temporary directory with a generated example policy, "
-        "mint a launch token for the user and print what to try. Runs until interrupted.",
+        help="run issuer, sandbox clouds and a sidecar locally (no cloud account needed)",
+        description="Start an issuer with the example policy, the sandbox clouds and a sidecar "
+        "for the user, write the job environment once ready, print what to try, and run until "
+        "interrupted.",
     )
-    dev.add_argument("--user", default="alice", help="user to mint a launch token for")
+    dev.add_argument("--user", default="alice", help="user the sidecar acts for (alice or bob)")
+    dev.add_argument("--env-file", help="write the job environment here once ready")
     dev.add_argument("--info-file", help="write a JSON description of the running pieces here")
+    dev.add_argument(
+        "--aws-duration",
+        type=int,
+        default=3600,
+        help="AWS credential lifetime in seconds (short ones exercise renewal)",
+    )
     dev.set_defaults(func=_cmd_dev)
     return parser
 

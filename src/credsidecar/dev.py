@@ -1,7 +1,9 @@
 """`credsidecar dev`: the whole flow on one machine with no cloud account.
 
-For now this runs the issuer on a temporary directory with the example policy and mints a launch
-token for the chosen user; the sandbox clouds and the sidecar join it as they land.
+One process runs the issuer (example policy, temporary directory), the sandbox clouds (moto with
+IAM enforcement behind a validating STS stand-in) and a sidecar for the chosen user. Once the
+sidecar is ready the job environment is written to --env-file and a description of every piece
+to --info-file; it then runs until interrupted.
 """
 
 from __future__ import annotations
@@ -9,80 +11,146 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
+import shlex
 import signal
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
-from credsidecar.issuer.config import load_config
+from credsidecar.config import SidecarConfig
+from credsidecar.daemon import run_sidecar
+from credsidecar.issuer.config import IssuerConfig, load_config
 from credsidecar.issuer.example import free_port, write_example
 from credsidecar.issuer.runner import open_service, serve
 from credsidecar.issuer.service import LaunchRequest
+from credsidecar.jobenv import write_private_atomic
+from credsidecar.sandbox.runner import Sandbox, start_sandbox
 
-__all__ = ["run_dev"]
+__all__ = ["run_dev", "run_sandbox"]
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+def _mint(config: IssuerConfig, user: str, run: str) -> tuple[str, dict[str, list[str]]]:
+    with open_service(config) as service:
+        minted = service.mint(LaunchRequest(user=user, run=run, workspace="genomics"), "dev")
+    return minted.token, dict(minted.identities)
+
+
+async def _start_issuer(
+    workdir: Path, stop: asyncio.Event
+) -> tuple[IssuerConfig, str, asyncio.Task[None]]:
+    config_path, api_key = write_example(workdir, free_port())
+    config = load_config(config_path)
+    write_private_atomic(workdir / "platform-api-key", api_key)
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(config, ready=ready, stop=stop))
+    ready_wait = asyncio.create_task(ready.wait())
+    await asyncio.wait([task, ready_wait], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready_wait.cancel()
+        await task  # raises the start-up error
+    return config, api_key, task
+
+
+def _instructions(info: dict[str, Any], env_file: Path) -> str:
+    user = info["user"]
+    other = "bob" if user == "alice" else "alice"
+    source = f"set -a; . {shlex.quote(str(env_file))}; set +a"
+    return f"""
+credsidecar dev is running for {user} (run {info["run"]}); Ctrl-C stops everything.
+
+  issuer   {info["issuer_url"]}
+  sidecar  {info["sidecar_url"]}
+  sandbox  S3/IAM (moto, IAM enforced) {info["sandbox"]["aws"]["endpoint_url"]}
+           STS stand-in {info["sandbox"]["aws"]["sts_endpoint"]}
+
+Try it in another shell, with unmodified tools:
+  {source}
+  aws sts get-caller-identity                 # {user}'s role session
+  aws s3 ls s3://{user}-data/                  # allowed
+  aws s3 cp s3://shared-refs/refs/genome.fa -  # allowed, read-only
+  aws s3 ls s3://{other}-data/                  # AccessDenied
+  echo hi | aws s3 cp - s3://shared-refs/x     # AccessDenied
+
+Job environment: {env_file}   Everything else: {info["workdir"]}
+"""
 
 
 async def run_dev(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="credsidecar-dev-") as tmp:
         workdir = Path(tmp)
-        port = free_port()
-        config_path, api_key = write_example(workdir, port)
-        config = load_config(config_path)
-        _write_private(workdir / "platform-api-key", api_key)
-        run_id = f"dev-{uuid.uuid4().hex[:8]}"
-        with open_service(config) as service:
-            minted = service.mint(
-                LaunchRequest(user=args.user, run=run_id, workspace="genomics"), caller="dev"
+        stop = asyncio.Event()
+        config, _, issuer_task = await _start_issuer(workdir, stop)
+        sandbox: Sandbox | None = None
+        try:
+            sandbox = await start_sandbox(config.issuer_url)
+            run_id = f"dev-{uuid.uuid4().hex[:8]}"
+            token, identities = await asyncio.to_thread(_mint, config, args.user, run_id)
+            token_file = workdir / "launch-token"
+            write_private_atomic(token_file, token)
+            env_file = Path(args.env_file) if args.env_file else workdir / "job.env"
+            if not env_file.is_absolute():
+                env_file = Path.cwd() / env_file
+            sidecar_config = SidecarConfig(
+                token_file=token_file,
+                aws_sts_endpoint=sandbox.sts_url,
+                aws_endpoint_url=sandbox.moto.url,
+                aws_duration=args.aws_duration,
+                run_dir=workdir / "run",
+                env_file=env_file,
+                audit_log=str(workdir / "sidecar-audit.jsonl"),
+                ready_timeout=30,
             )
-        token_file = workdir / "launch-token"
-        _write_private(token_file, minted.token)
+            started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            sidecar_task: asyncio.Future[int] = asyncio.create_task(
+                run_sidecar(sidecar_config, stop, started)
+            )
+            await asyncio.wait([sidecar_task, started], return_when=asyncio.FIRST_COMPLETED)
+            if not started.done():
+                await sidecar_task  # raises why the sidecar could not start
+                return 1
+            info = {
+                "issuer_url": config.issuer_url,
+                "sidecar_url": started.result().url,
+                "workdir": str(workdir),
+                "env_file": str(env_file),
+                "launch_token_file": str(token_file),
+                "platform_api_key_file": str(workdir / "platform-api-key"),
+                "issuer_config": str(workdir / "issuer.toml"),
+                "issuer_audit_log": config.audit_log,
+                "sidecar_audit_log": sidecar_config.audit_log,
+                "user": args.user,
+                "run": run_id,
+                "identities": identities,
+                "sandbox": sandbox.describe(),
+            }
+            if args.info_file:
+                text = json.dumps(info, indent=2) + "\n"
+                await asyncio.to_thread(write_private_atomic, Path(args.info_file), text)
+            print(_instructions(info, env_file), flush=True)
+            await sidecar_task
+        finally:
+            stop.set()
+            await issuer_task
+            if sandbox is not None:
+                await sandbox.stop()
+    return 0
 
-        ready, stop = asyncio.Event(), asyncio.Event()
-        server = asyncio.create_task(serve(config, ready=ready, stop=stop))
-        await ready.wait()
-        # serve() installed SIGINT/SIGTERM handlers that set `stop`.
-        url = config.issuer_url
-        info = {
-            "issuer_url": url,
-            "workdir": str(workdir),
-            "issuer_config": str(config_path),
-            "policy": str(config.policy_path),
-            "audit_log": config.audit_log,
-            "platform_api_key_file": str(workdir / "platform-api-key"),
-            "launch_token_file": str(token_file),
-            "user": args.user,
-            "run": run_id,
-            "identities": minted.identities,
-        }
+
+async def run_sandbox(args: argparse.Namespace) -> int:
+    """`credsidecar sandbox`: only the sandbox clouds, for an issuer running elsewhere."""
+    sandbox = await start_sandbox(args.issuer_url, args.aws_audience)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        description = sandbox.describe()
+        text = json.dumps(description, indent=2) + "\n"
         if args.info_file:
-            info_text = json.dumps(info, indent=2) + "\n"
-            await asyncio.to_thread(Path(args.info_file).write_text, info_text, encoding="utf-8")
-        print(
-            f"""
-credsidecar dev: issuer running at {url}  (Ctrl-C to stop; everything lives in {workdir})
-
-  Discovery:   curl -s {url}/.well-known/openid-configuration
-  JWKS:        curl -s {url}/.well-known/jwks.json
-  Identities:  credsidecar issuer status --config {config_path}
-
-  A launch token for {args.user} (run {run_id}) is in {token_file}.
-  Exchange it for an AWS-audience token, as the sidecar will:
-    curl -s {url}/v1/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\
-      -d subject_token_type=urn:ietf:params:oauth:token-type:jwt -d audience=sts.amazonaws.com \\
-      --data-urlencode subject_token@{token_file}
-  Revoke the run, then exchange again to see the refusal:
-    curl -s -X POST {url}/v1/runs/{run_id}/revoke \\
-      -H "Authorization: Bearer $(cat {workdir / "platform-api-key"})"
-""",
-            flush=True,
-        )
-        await server
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+            await asyncio.to_thread(write_private_atomic, Path(args.info_file), text)
+        print(text, flush=True)
+        await stop.wait()
+    finally:
+        await sandbox.stop()
     return 0

@@ -117,7 +117,7 @@ async def test_mint_returns_a_launch_token_that_verifies_with_another_library(
     # Alice's own grant ranks first, the workspace's grant follows.
     assert minted["identities"]["aws"] == ["alice-data", "genomics-readonly"]
     aws = claims["identities"]["aws"][0]
-    assert aws["role_arn"] == "arn:aws:iam::000000000000:role/alice-data"
+    assert aws["role_arn"] == "arn:aws:iam::123456789012:role/alice-data"
 
 
 async def test_mint_selection_of_a_granted_identity_becomes_the_default(

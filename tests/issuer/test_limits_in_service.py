@@ -21,8 +21,8 @@ def test_too_many_session_tags_refuse_the_exchange(issuer: IssuerFixture) -> Non
     tags = ", ".join(f't{i} = "v"' for i in range(48))
     _add_to_policy(
         issuer,
-        'role_arn = "arn:aws:iam::000000000000:role/alice-data"',
-        f'role_arn = "arn:aws:iam::000000000000:role/alice-data"\nsession_tags = {{ {tags} }}',
+        'role_arn = "arn:aws:iam::123456789012:role/alice-data"',
+        f'role_arn = "arn:aws:iam::123456789012:role/alice-data"\nsession_tags = {{ {tags} }}',
     )
     minted = issuer.service.mint(LaunchRequest(user="alice", run="r", workspace="genomics"), "t")
     form = {
@@ -42,8 +42,8 @@ def test_oversize_token_is_refused(issuer: IssuerFixture) -> None:
     policy = "x" * 21_000
     _add_to_policy(
         issuer,
-        'role_arn = "arn:aws:iam::000000000000:role/alice-data"',
-        f'role_arn = "arn:aws:iam::000000000000:role/alice-data"\nsession_policy = "{policy}"',
+        'role_arn = "arn:aws:iam::123456789012:role/alice-data"',
+        f'role_arn = "arn:aws:iam::123456789012:role/alice-data"\nsession_policy = "{policy}"',
     )
     before = issuer.service.store.key_records()[0].last_exp
     with pytest.raises(LimitExceeded, match="characters; AWS accepts at most 20000"):

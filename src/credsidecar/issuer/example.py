@@ -35,13 +35,13 @@ id = "genomics"
 members = ["alice", "bob"]
 
 [identities.aws.alice-data]
-role_arn = "arn:aws:iam::000000000000:role/alice-data"
+role_arn = "arn:aws:iam::123456789012:role/alice-data"
 
 [identities.aws.bob-data]
-role_arn = "arn:aws:iam::000000000000:role/bob-data"
+role_arn = "arn:aws:iam::123456789012:role/bob-data"
 
 [identities.aws.genomics-readonly]
-role_arn = "arn:aws:iam::000000000000:role/genomics-readonly"
+role_arn = "arn:aws:iam::123456789012:role/genomics-readonly"
 session_tags = { cost-center = "genomics" }
 
 [identities.gcp.alice]

@@ -1,0 +1,212 @@
+"""Sidecar configuration: command-line flags, each defaulting to a CREDSIDECAR_* variable,
+parsed once into a frozen dataclass and validated with messages that say what to change."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from credsidecar.clouds.aws import DEFAULT_DURATION
+from credsidecar.errors import ConfigError
+
+__all__ = ["SidecarConfig", "add_sidecar_arguments", "default_run_dir"]
+
+# STS accepts 900..43200 s; shorter lifetimes exist for the sandbox's renewal tests.
+MIN_DURATION, MAX_DURATION = 5, 43200
+
+
+def default_run_dir() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "credsidecar"
+    return Path(tempfile.gettempdir()) / f"credsidecar-{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    token_file: Path | None = None
+    token_env: str | None = None
+    token_stdin: bool = False
+    direct_token_file: Path | None = None
+    issuer_url: str | None = None
+    aws_role_arn: str | None = None
+    aws_identity: str | None = None
+    aws_audience: str | None = None
+    aws_duration: int = DEFAULT_DURATION
+    aws_region: str = "us-east-1"
+    aws_sts_endpoint: str | None = None
+    aws_endpoint_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    link_local: bool = False
+    run_dir: Path = Path()
+    env_file: Path | None = None
+    exit_with: int | None = None
+    audit_log: str | None = None
+    ready_timeout: float = 120.0
+    keep_aws_config: bool = False
+
+    def __post_init__(self) -> None:
+        sources = [self.token_file, self.token_env, self.token_stdin or None,
+                   self.direct_token_file]  # fmt: skip
+        if sum(s is not None for s in sources) != 1:
+            raise ConfigError(
+                "give exactly one token source: --token-file, --token-env, --token-stdin or "
+                "--direct-token-file"
+            )
+        if self.direct_token_file is not None and not self.aws_role_arn:
+            raise ConfigError("direct mode has no launch token to name a role: add --aws-role-arn")
+        if not MIN_DURATION <= self.aws_duration <= MAX_DURATION:
+            raise ConfigError(
+                f"--aws-duration must be {MIN_DURATION}..{MAX_DURATION} s (AWS itself needs 900+)"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("--port must be 0..65535 (0 picks a free port)")
+        if self.host not in ("127.0.0.1", "::1") and not self.link_local:
+            raise ConfigError(
+                f"--host {self.host} is not loopback; the sidecar serves credentials on "
+                "127.0.0.1 only (use --link-local for a 169.254.x address)"
+            )
+
+    @property
+    def direct(self) -> bool:
+        return self.direct_token_file is not None
+
+
+def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    return env.get(f"CREDSIDECAR_{name}", default)
+
+
+def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    src = parser.add_argument_group("launch token (exactly one)")
+    src.add_argument(
+        "--token-file",
+        default=_env(env, "TOKEN_FILE"),
+        help="file holding the launch token; re-read when it changes",
+    )
+    src.add_argument(
+        "--token-env",
+        default=_env(env, "TOKEN_ENV"),
+        metavar="VARIABLE",
+        help="environment variable holding the launch token (removed after reading)",
+    )
+    src.add_argument("--token-stdin", action="store_true", help="read the launch token from stdin")
+    src.add_argument(
+        "--direct-token-file",
+        default=_env(env, "DIRECT_TOKEN_FILE"),
+        help="direct mode: present this token file (e.g. a projected Kubernetes "
+        "token) to the clouds as is, without the issuer",
+    )
+    src.add_argument(
+        "--issuer-url",
+        default=_env(env, "ISSUER_URL"),
+        help="issuer to exchange at (default: the launch token's iss)",
+    )
+    aws = parser.add_argument_group("AWS")
+    aws.add_argument(
+        "--aws-role-arn",
+        default=_env(env, "AWS_ROLE_ARN"),
+        help="role to assume (default: the identity in the launch token)",
+    )
+    aws.add_argument(
+        "--aws-identity",
+        default=_env(env, "AWS_IDENTITY"),
+        help="name of a granted AWS identity other than the launch's default",
+    )
+    aws.add_argument(
+        "--aws-audience",
+        default=_env(env, "AWS_AUDIENCE"),
+        help="audience for direct mode (default sts.amazonaws.com)",
+    )
+    aws.add_argument(
+        "--aws-duration",
+        type=int,
+        default=int(_env(env, "AWS_DURATION", str(DEFAULT_DURATION)) or 0),
+        help=f"credential lifetime in seconds (default {DEFAULT_DURATION})",
+    )
+    aws.add_argument("--aws-region", default=_env(env, "AWS_REGION", "us-east-1"))
+    aws.add_argument(
+        "--aws-sts-endpoint",
+        default=_env(env, "AWS_STS_ENDPOINT"),
+        help="STS endpoint URL (default: the regional endpoint)",
+    )
+    aws.add_argument(
+        "--aws-endpoint-url",
+        default=_env(env, "AWS_ENDPOINT_URL"),
+        help="export AWS_ENDPOINT_URL to the job (the sandbox uses this)",
+    )
+    aws.add_argument(
+        "--keep-aws-config",
+        action="store_true",
+        help="do not point AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE at /dev/null",
+    )
+    srv = parser.add_argument_group("serving")
+    srv.add_argument("--host", default=_env(env, "HOST", "127.0.0.1"))
+    srv.add_argument(
+        "--port",
+        type=int,
+        default=int(_env(env, "PORT", "0") or 0),
+        help="port to listen on (default: a free one, written to the env file)",
+    )
+    srv.add_argument(
+        "--link-local",
+        action="store_true",
+        help="also accept peers and Host names on 169.254.x (opt-in)",
+    )
+    srv.add_argument(
+        "--run-dir",
+        default=_env(env, "RUN_DIR"),
+        help=f"private directory for secrets and the env file (default {default_run_dir()})",
+    )
+    srv.add_argument(
+        "--env-file",
+        default=_env(env, "ENV_FILE"),
+        help="write the job's export/unset lines here, atomically, once ready",
+    )
+    srv.add_argument(
+        "--exit-with", type=int, metavar="PID", help="exit when this process (the job) ends"
+    )
+    srv.add_argument(
+        "--audit-log",
+        default=_env(env, "AUDIT_LOG"),
+        help="audit JSON lines to this file (default stderr)",
+    )
+    srv.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=120.0,
+        help="give up if no credentials are obtained within this many seconds",
+    )
+
+
+def from_args(args: argparse.Namespace) -> SidecarConfig:
+    def path(value: str | None) -> Path | None:
+        return Path(value).resolve() if value else None
+
+    return SidecarConfig(
+        token_file=path(args.token_file),
+        token_env=args.token_env,
+        token_stdin=args.token_stdin,
+        direct_token_file=path(args.direct_token_file),
+        issuer_url=args.issuer_url,
+        aws_role_arn=args.aws_role_arn,
+        aws_identity=args.aws_identity,
+        aws_audience=args.aws_audience,
+        aws_duration=args.aws_duration,
+        aws_region=args.aws_region,
+        aws_sts_endpoint=args.aws_sts_endpoint,
+        aws_endpoint_url=args.aws_endpoint_url,
+        host=args.host,
+        port=args.port,
+        link_local=args.link_local,
+        run_dir=path(args.run_dir) or default_run_dir(),
+        env_file=path(args.env_file),
+        exit_with=args.exit_with,
+        audit_log=args.audit_log,
+        ready_timeout=args.ready_timeout,
+        keep_aws_config=args.keep_aws_config,
+    )

@@ -1,0 +1,220 @@
+"""AWS contracts: the container-credentials endpoint and IMDSv2, as DESIGN.md describes them.
+
+Bodies are rendered once per credential generation and served as bytes: AWS documents carry an
+absolute `Expiration`, so the same bytes stay correct until the next renewal.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+from cachetools import TLRUCache
+
+from credsidecar.audit import AuditLog
+from credsidecar.cache import Cached, CredentialCache
+from credsidecar.clouds.aws import AwsCredentials
+from credsidecar.endpoints.guards import refusal, secrets_match
+from credsidecar.errors import Unavailable
+
+__all__ = ["CONTAINER_PATH", "AwsEndpoints"]
+
+CONTAINER_PATH = "/v1/credentials/aws"
+TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"  # noqa: S105 - a header name
+TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
+MAX_TOKEN_TTL = 21600  # IMDSv2's own limit (6 h)
+# Outstanding IMDSv2 session tokens kept; the oldest are dropped past this, bounding memory.
+MAX_IMDS_TOKENS = 4096
+_JSON = "application/json"
+
+
+def _iso(epoch: float) -> str:
+    # JS wants strict RFC 3339 with Z; botocore's IMDS path parses exactly this shape.
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    generation: int
+    container: bytes
+    imds: bytes
+    imds_extended: bytes
+
+
+def _unavailable(exc: Unavailable) -> web.Response:
+    return web.json_response(
+        exc.to_json(), status=503, headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
+class AwsEndpoints:
+    def __init__(
+        self,
+        cache: CredentialCache[AwsCredentials],
+        container_secret: str,
+        audit: AuditLog,
+        who: Mapping[str, str | None],
+        mono: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._cache = cache
+        self._secret = container_secret
+        self._audit = audit
+        self._who = dict(who)
+        self._mono, self._wall = mono, wall
+        self._rendered: _Rendered | None = None
+        self._served: set[tuple[int, str]] = set()
+        self._tokens: TLRUCache[str, float] = TLRUCache(
+            maxsize=MAX_IMDS_TOKENS, ttu=lambda _key, expiry, _now: expiry, timer=mono
+        )
+
+    def routes(self) -> list[web.RouteDef]:
+        imds = "/latest/meta-data/iam"
+        return [
+            web.get(CONTAINER_PATH, self.container),
+            web.put("/latest/api/token", self.imds_token),
+            web.get(f"{imds}/security-credentials/", self.imds_role_list),
+            web.get(f"{imds}/security-credentials-extended/", self.imds_role_list),
+            web.get(f"{imds}/security-credentials/{{role}}", self.imds_credentials),
+            web.get(f"{imds}/security-credentials-extended/{{role}}", self.imds_extended),
+            web.get(f"{imds}/info", self.imds_info),
+        ]
+
+    # rendering ---------------------------------------------------------------------------------
+
+    def _render(self, entry: Cached[AwsCredentials]) -> _Rendered:
+        rendered = self._rendered
+        if rendered is not None and rendered.generation == entry.generation:
+            return rendered
+        c = entry.value
+        base = {
+            "AccessKeyId": c.access_key_id,
+            "SecretAccessKey": c.secret_access_key,
+            "Token": c.session_token,
+            "Expiration": _iso(c.expires_at),
+        }
+        # LastUpdated: when this generation was obtained (its lifetime before its expiry).
+        imds = {"Code": "Success", "LastUpdated": _iso(c.expires_at - entry.lifetime),
+                "Type": "AWS-HMAC", **base}  # fmt: skip
+        rendered = _Rendered(
+            generation=entry.generation,
+            container=json.dumps({**base, "AccountId": c.account_id}).encode(),
+            imds=json.dumps(imds).encode(),
+            imds_extended=json.dumps({**imds, "AccountId": c.account_id}).encode(),
+        )
+        self._rendered = rendered
+        return rendered
+
+    def _serve(self, request: web.Request, kind: str) -> web.Response:
+        try:
+            entry = self._cache.current_entry()
+        except Unavailable as exc:
+            return _unavailable(exc)
+        rendered = self._render(entry)
+        if (entry.generation, kind) not in self._served:
+            # One audit line per credential and client path, not per request.
+            self._served.add((entry.generation, kind))
+            c = entry.value
+            self._audit.event("credentials.served", **self._who, role=c.role_arn,
+                              access_key_id=c.access_key_id, expiry=int(c.expires_at),
+                              path=request.path)  # fmt: skip
+        body = {
+            "container": rendered.container,
+            "imds": rendered.imds,
+            "imds_extended": rendered.imds_extended,
+        }[kind]
+        return web.Response(body=body, content_type=_JSON)
+
+    # container endpoint ------------------------------------------------------------------------
+
+    async def container(self, request: web.Request) -> web.Response:
+        # The SDKs send the raw secret as the whole Authorization header value.
+        if not secrets_match(request.headers.get("Authorization"), self._secret):
+            self._audit.event("request.refused", reason="missing or wrong authorization token",
+                              path=request.path, peer=request.remote)  # fmt: skip
+            return refusal(
+                401,
+                "credsidecar: missing or wrong Authorization; set "
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE) from `credsidecar env`",
+            )
+        return self._serve(request, "container")
+
+    # IMDSv2 ------------------------------------------------------------------------------------
+
+    async def imds_token(self, request: web.Request) -> web.Response:
+        raw = request.headers.get(TOKEN_TTL_HEADER, "")
+        ttl = int(raw) if raw.isdigit() else 0
+        if not 1 <= ttl <= MAX_TOKEN_TTL:
+            return web.Response(
+                status=400, text=f"{TOKEN_TTL_HEADER} must be an integer in 1..{MAX_TOKEN_TTL}"
+            )
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = self._mono() + ttl
+        # Go's SDK fails unless the TTL header is echoed.
+        return web.Response(text=token, headers={TOKEN_TTL_HEADER: str(ttl)})
+
+    def _imds_denied(self, request: web.Request) -> web.Response | None:
+        token = request.headers.get(TOKEN_HEADER)
+        if token is not None and token in self._tokens:
+            return None
+        self._audit.event("request.refused", reason="missing or expired IMDSv2 token",
+                          path=request.path, peer=request.remote)  # fmt: skip
+        return web.Response(status=401, text="IMDSv2 session token missing or expired")
+
+    def _role_name(self) -> str | None:
+        try:
+            return self._cache.current().role_name
+        except Unavailable:
+            return None
+
+    async def imds_role_list(self, request: web.Request) -> web.Response:
+        denied = self._imds_denied(request)
+        if denied is not None:
+            return denied
+        role = self._role_name()
+        if role is None:
+            return _unavailable(self._cache_error())
+        return web.Response(text=role)  # no trailing newline: SDKs use the body as the name
+
+    def _cache_error(self) -> Unavailable:
+        try:
+            self._cache.current_entry()
+        except Unavailable as exc:
+            return exc
+        return Unavailable("credentials became available; retry")
+
+    async def _imds_role(self, request: web.Request, kind: str) -> web.Response:
+        denied = self._imds_denied(request)
+        if denied is not None:
+            return denied
+        role = self._role_name()
+        if role is None:
+            return _unavailable(self._cache_error())
+        if request.match_info["role"] != role:
+            return web.Response(status=404, text=f"no role {request.match_info['role']!r} here")
+        return self._serve(request, kind)
+
+    async def imds_credentials(self, request: web.Request) -> web.Response:
+        return await self._imds_role(request, "imds")
+
+    async def imds_extended(self, request: web.Request) -> web.Response:
+        return await self._imds_role(request, "imds_extended")
+
+    async def imds_info(self, request: web.Request) -> web.Response:
+        denied = self._imds_denied(request)
+        if denied is not None:
+            return denied
+        try:
+            entry = self._cache.current_entry()
+        except Unavailable as exc:
+            return _unavailable(exc)
+        c = entry.value
+        body = {"Code": "Success", "LastUpdated": _iso(c.expires_at - entry.lifetime),
+                "InstanceProfileArn": c.role_arn.replace(":role/", ":instance-profile/"),
+                "InstanceProfileId": "CREDSIDECAR"}  # fmt: skip
+        return web.json_response(body)

@@ -1,0 +1,43 @@
+"""The job's environment: what to export so SDKs find the sidecar, and what must not survive.
+
+Static keys and profiles win over the sidecar in every SDK's credential chain, so they are
+unset; AWS config files are pointed at /dev/null for the same reason (a node's
+~/.aws/credentials would otherwise come first).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["AWS_UNSET", "render", "write_private_atomic"]
+
+AWS_UNSET = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CREDENTIAL_EXPIRATION", "AWS_EC2_METADATA_DISABLED", "AWS_EC2_METADATA_V1_DISABLED",
+)  # fmt: skip
+
+
+def render(exports: Mapping[str, str], unsets: Sequence[str]) -> str:
+    """POSIX shell lines, safe to `source` or `eval`."""
+    lines = [f"unset {name}" for name in unsets]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_private_atomic(path: Path, text: str) -> None:
+    """Writes mode 0600 and renames into place, so a waiting job never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
