@@ -43,7 +43,7 @@ class AuditLog:
         leaked = FORBIDDEN_FIELDS.intersection(fields)
         if leaked:
             raise ValueError(f"audit event {event!r} must not carry secret fields {sorted(leaked)}")
-        record = {"ts": int(self._clock()), "event": event}
+        record = {"ts": round(self._clock(), 3), "event": event}
         record.update({k: v for k, v in fields.items() if v is not None})
         line = json.dumps(record, sort_keys=False, separators=(",", ":"))
         with self._lock:

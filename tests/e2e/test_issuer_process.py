@@ -10,93 +10,17 @@ import json
 import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import jwt as pyjwt
 import pytest
 
-from credsidecar.issuer.example import free_port, write_example
+from tests.e2e.processes import CLI, IssuerProcess
 from tests.e2e.tls import make_ca_and_cert
-
-CLI = [sys.executable, "-m", "credsidecar"]
-
-
-class IssuerProcess:
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.config, self.api_key = write_example(directory, self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = directory / "issuer.log"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [*CLI, "issuer", "--config", str(self.config)],
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
-                    return
-            except OSError:
-                assert self.proc.poll() is None, self.log.read_text()
-                time.sleep(0.05)
-        raise AssertionError(f"issuer did not start: {self.log.read_text()}")
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=10)
-
-    def post(self, path: str, body: dict[str, Any] | None = None, form: bool = False) -> Any:
-        if form:
-            data = urllib.parse.urlencode(body or {}).encode()
-            headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        else:
-            data = json.dumps(body or {}).encode()
-            headers = {"Content-Type": "application/json",
-                       "Authorization": f"Bearer {self.api_key}"}  # fmt: skip
-        request = urllib.request.Request(self.url + path, data=data, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def mint(self, run: str = "run-1") -> dict[str, Any]:
-        status, body = self.post(
-            "/v1/launch-tokens", {"user": "alice", "run": run, "workspace": "genomics"}
-        )
-        assert status == 201, body
-        return dict(body)
-
-    def exchange(self, token: str) -> tuple[int, dict[str, Any]]:
-        return self.post(  # type: ignore[no-any-return]
-            "/v1/token",
-            {
-                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-                "subject_token": token,
-                "audience": "sts.amazonaws.com",
-            },
-            form=True,
-        )
-
-    def verify(self, token: str, audience: str) -> dict[str, Any]:
-        client = pyjwt.PyJWKClient(f"{self.url}/.well-known/jwks.json", cache_jwk_set=False)
-        key = client.get_signing_key_from_jwt(token)
-        return dict(
-            pyjwt.decode(token, key.key, algorithms=["RS256"], audience=audience, issuer=self.url)
-        )
 
 
 @pytest.fixture

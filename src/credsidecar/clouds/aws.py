@@ -12,7 +12,12 @@ from typing import Any
 import boto3
 from botocore import UNSIGNED
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    ParamValidationError,
+)
 
 from credsidecar.clouds.federation import TokenSupplier
 from credsidecar.errors import (
@@ -28,6 +33,7 @@ __all__ = ["AwsCredentials", "AwsExchanger", "AwsSettings", "role_session_name"]
 
 # AssumeRoleWithWebIdentity accepts 900..43200 s; the sandbox accepts shorter ones for tests.
 DEFAULT_DURATION = 3600
+MIN_STS_DURATION = 900
 _SESSION_CHARS = re.compile(r"[^\w+=,.@-]", re.ASCII)
 _ROLE_ARN = re.compile(r"arn:aws[\w-]*:iam::(\d{12}):role/([\w+=,.@/-]+)", re.ASCII)
 
@@ -94,6 +100,8 @@ class AwsExchanger:
             endpoint_url=endpoint,
             config=Config(
                 signature_version=UNSIGNED,
+                # botocore enforces STS's 900 s minimum client-side; the sandbox allows less.
+                parameter_validation=settings.duration >= MIN_STS_DURATION,
                 retries={"max_attempts": 2, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=15,
@@ -120,6 +128,8 @@ class AwsExchanger:
             response = await asyncio.to_thread(self._sts.assume_role_with_web_identity, **kwargs)
         except ClientError as exc:
             raise self._explain(exc) from exc
+        except ParamValidationError as exc:
+            raise BadRequest(f"the STS request for {self._who} is invalid: {exc}") from exc
         except EndpointConnectionError as exc:
             raise Unavailable(
                 f"AWS STS at {self.endpoint} is unreachable for {self._who}: {exc}; retrying"

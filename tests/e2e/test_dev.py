@@ -1,0 +1,42 @@
+"""The README's run command: `credsidecar dev` and a newcomer following its printout."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.processes import CLI, apply_shell_env, run_client, stop_process, wait_for
+
+AWS = str(Path(sys.executable).parent / "aws")
+
+
+def test_dev_lets_alice_list_her_bucket_and_refuses_bobs(tmp_path: Path) -> None:
+    env_file, info_file, log = tmp_path / "job.env", tmp_path / "info.json", tmp_path / "dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "dev", "--env-file", str(env_file), "--info-file", str(info_file)],
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for(info_file.exists, "credsidecar dev", proc, log)
+        info = json.loads(info_file.read_text())
+        # What the printout says to do: source the env file, then use the aws CLI.
+        printed = log.read_text()
+        assert f". {env_file}" in printed and "aws s3 ls s3://alice-data/" in printed
+        env = apply_shell_env(f"set -a; . {env_file}; set +a")
+        mine = run_client([AWS, "s3", "ls", "s3://alice-data/"], env)
+        assert mine.returncode == 0, mine.stderr
+        theirs = run_client([AWS, "s3", "ls", "s3://bob-data/"], env)
+        assert theirs.returncode != 0 and "AccessDenied" in theirs.stderr
+        ref = run_client([AWS, "s3", "cp", "s3://shared-refs/refs/genome.fa", "-"], env)
+        assert ref.stdout.startswith(">chr1")
+        assert info["sandbox"]["buckets"].keys() == {"alice-data", "bob-data", "shared-refs"}
+    finally:
+        code = stop_process(proc, signal.SIGINT)
+    assert code == 0, log.read_text()[-2000:]
+    assert not Path(info["workdir"]).exists()
+    assert "Traceback" not in log.read_text()
