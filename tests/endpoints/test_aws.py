@@ -1,0 +1,132 @@
+"""AWS endpoint contracts over real HTTP: container endpoint and IMDSv2, as DESIGN.md says."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from credsidecar.errors import Forbidden
+from tests.endpoints.conftest import SECRET, Sidecar
+
+CONTAINER = "/v1/credentials/aws"
+CREDS = "/latest/meta-data/iam/security-credentials/"
+EXTENDED = "/latest/meta-data/iam/security-credentials-extended/"
+TTL = "X-aws-ec2-metadata-token-ttl-seconds"
+EXPIRATION = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+async def imds_token(sidecar: Sidecar, ttl: str = "21600") -> str:
+    resp = await sidecar.client.put("/latest/api/token", headers={TTL: ttl})
+    assert resp.status == 200
+    return await resp.text()
+
+
+# container endpoint ---------------------------------------------------------------------------
+
+
+async def test_container_endpoint_serves_the_four_fields_and_account(sidecar: Sidecar) -> None:
+    await sidecar.cache.refresh()
+    resp = await sidecar.client.get(CONTAINER, headers={"Authorization": SECRET})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/json"
+    body = await resp.json()
+    assert set(body) == {"AccessKeyId", "SecretAccessKey", "Token", "Expiration", "AccountId"}
+    assert body["AccessKeyId"] == "ASIATEST000000000001"
+    assert EXPIRATION.fullmatch(body["Expiration"])
+    assert body["AccountId"] == "123456789012"
+
+
+async def test_container_endpoint_needs_the_exact_secret(sidecar: Sidecar) -> None:
+    await sidecar.cache.refresh()
+    for headers in ({}, {"Authorization": "wrong"}, {"Authorization": f"Bearer {SECRET}"},
+                    {"Authorization": SECRET + "x"}):  # fmt: skip
+        resp = await sidecar.client.get(CONTAINER, headers=headers)
+        assert resp.status == 401
+        assert "AWS_CONTAINER_AUTHORIZATION_TOKEN" in (await resp.json())["error_description"]
+    refused = [e for e in sidecar.events() if e["event"] == "request.refused"]
+    assert len(refused) == 4 and all(e["path"] == CONTAINER for e in refused)
+    assert SECRET not in sidecar.audit.getvalue()
+
+
+async def test_nothing_valid_is_a_503_with_retry_after_and_the_cause(sidecar: Sidecar) -> None:
+    sidecar.upstream.error = Forbidden("user alice may not assume role/x: trust policy")
+    with pytest.raises(Forbidden):
+        await sidecar.cache.refresh()
+    resp = await sidecar.client.get(CONTAINER, headers={"Authorization": SECRET})
+    assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) >= 1
+    body = await resp.json()
+    assert body["error"] == "temporarily_unavailable"
+    assert "user alice may not assume role/x" in body["error_description"]
+
+
+async def test_renewed_credentials_are_served_immediately(sidecar: Sidecar) -> None:
+    await sidecar.cache.refresh()
+    first = await (await sidecar.client.get(CONTAINER, headers={"Authorization": SECRET})).json()
+    await sidecar.cache.refresh()
+    second = await (await sidecar.client.get(CONTAINER, headers={"Authorization": SECRET})).json()
+    assert first["AccessKeyId"] != second["AccessKeyId"]
+    served = [e for e in sidecar.events() if e["event"] == "credentials.served"]
+    assert [e["access_key_id"] for e in served] == [first["AccessKeyId"], second["AccessKeyId"]]
+
+
+# IMDSv2 ---------------------------------------------------------------------------------------
+
+
+async def test_token_put_validates_and_echoes_the_ttl(sidecar: Sidecar) -> None:
+    resp = await sidecar.client.put("/latest/api/token", headers={TTL: "300"})
+    assert resp.status == 200
+    assert resp.headers[TTL] == "300"  # the Go SDK fails without the echo
+    assert len(await resp.text()) >= 32
+    for bad in ("0", "21601", "-5", "abc", ""):
+        resp = await sidecar.client.put("/latest/api/token", headers={TTL: bad})
+        assert resp.status == 400, bad
+    resp = await sidecar.client.put("/latest/api/token")
+    assert resp.status == 400
+
+
+async def test_imds_reads_need_a_valid_unexpired_token(sidecar: Sidecar) -> None:
+    await sidecar.cache.refresh()
+    assert (await sidecar.client.get(CREDS)).status == 401
+    bad = await sidecar.client.get(CREDS, headers={"X-aws-ec2-metadata-token": "made-up"})
+    assert bad.status == 401
+    token = await imds_token(sidecar, "2")
+    good = await sidecar.client.get(CREDS, headers={"X-aws-ec2-metadata-token": token})
+    assert good.status == 200
+    sidecar.mono.offset += 3
+    expired = await sidecar.client.get(CREDS, headers={"X-aws-ec2-metadata-token": token})
+    assert expired.status == 401
+
+
+async def test_imds_role_listing_and_documents(sidecar: Sidecar) -> None:
+    await sidecar.cache.refresh()
+    headers = {"X-aws-ec2-metadata-token": await imds_token(sidecar)}
+    for listing in (CREDS, EXTENDED):
+        resp = await sidecar.client.get(listing, headers=headers)
+        assert await resp.read() == b"alice-data"  # no trailing newline
+    doc = await (await sidecar.client.get(f"{CREDS}alice-data", headers=headers)).json()
+    assert doc["Code"] == "Success" and doc["Type"] == "AWS-HMAC"
+    assert EXPIRATION.fullmatch(doc["Expiration"]) and EXPIRATION.fullmatch(doc["LastUpdated"])
+    assert doc["LastUpdated"] <= doc["Expiration"]
+    assert {"AccessKeyId", "SecretAccessKey", "Token"} <= set(doc) and "AccountId" not in doc
+    extended = await sidecar.client.get(f"{EXTENDED}alice-data", headers=headers)
+    assert extended.headers["Content-Type"] == "application/json"
+    assert (await extended.json())["AccountId"] == "123456789012"
+    missing = await sidecar.client.get(f"{CREDS}bob-data", headers=headers)
+    assert missing.status == 404
+
+
+async def test_imds_without_credentials_is_503(sidecar: Sidecar) -> None:
+    headers = {"X-aws-ec2-metadata-token": await imds_token(sidecar)}
+    resp = await sidecar.client.get(CREDS, headers=headers)
+    assert resp.status == 503 and "Retry-After" in resp.headers
+
+
+async def test_health_and_readiness(sidecar: Sidecar) -> None:
+    assert (await sidecar.client.get("/healthz")).status == 200
+    not_ready = await sidecar.client.get("/readyz")
+    assert not_ready.status == 503
+    assert "first credentials" in (await not_ready.json())["problems"][0]
+    await sidecar.cache.refresh()
+    assert (await sidecar.client.get("/readyz")).status == 200
