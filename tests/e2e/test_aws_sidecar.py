@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.processes import (
+    CLI,
     IssuerProcess,
     SandboxProcess,
     SidecarProcess,
+    apply_shell_env,
     run_client,
+    start,
     stop_process,
     wait_for,
 )
@@ -298,3 +301,30 @@ def test_env_file_is_written_atomically_with_mode_0600(
         assert secret.decode() == sidecar.env["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
     finally:
         sidecar.stop()
+
+
+def test_direct_mode_presents_a_token_file_written_by_someone_else(
+    tmp_path: Path, issuer: IssuerProcess, sandbox: SandboxProcess
+) -> None:
+    """Like a projected Kubernetes token: no launch token, no issuer hop, file re-read."""
+    status, body = issuer.exchange(issuer.mint("alice", new_run())["token"])
+    assert status == 200
+    token_file = tmp_path / "projected-token"
+    token_file.write_text(body["access_token"])
+    run_dir = tmp_path / "run"
+    log = tmp_path / "direct.log"
+    proc = start(
+        ["serve", "--direct-token-file", str(token_file), "--run-dir", str(run_dir),
+         "--aws-role-arn", "arn:aws:iam::123456789012:role/alice-data",
+         "--aws-sts-endpoint", sandbox.sts, "--aws-endpoint-url", sandbox.s3],
+        log,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (run_dir / "env").exists(), "direct sidecar", proc, log)
+        env_text = subprocess.run([*CLI, "env", "--run-dir", str(run_dir)], capture_output=True,
+                                  text=True, check=True).stdout  # fmt: skip
+        result = json.loads(run_client([*BOTO3_CLIENT, "alice"], apply_shell_env(env_text)).stdout)
+    finally:
+        stop_process(proc)
+    assert "assumed-role/alice-data/direct" in result["caller"]
+    assert (result["write_own"], result["list_other"]) == ("ok", "AccessDenied")
