@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import json
 import shlex
+import shutil
 import signal
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -56,6 +58,10 @@ def _instructions(info: dict[str, Any], env_file: Path) -> str:
     user = info["user"]
     other = "bob" if user == "alice" else "alice"
     source = f"set -a; . {shlex.quote(str(env_file))}; set +a"
+    # The sandbox extra installs the aws CLI beside this Python; make sure the shell finds it.
+    bin_dir = str(Path(sys.executable).parent)
+    if shutil.which("aws") is None and (Path(bin_dir) / "aws").exists():
+        source += f"; export PATH={shlex.quote(bin_dir)}:$PATH"
     return f"""
 credsidecar dev is running for {user} (run {info["run"]}); Ctrl-C stops everything.
 
