@@ -67,14 +67,19 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: list[str], log: Path, core: int | None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    def start(
+        self, argv: list[str], log: Path, core: int | None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         prefix = ["taskset", "-c", str(core)] if core is not None else []
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                [*prefix, *argv], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                cwd=ROOT, env=env,
-            )  # fmt: skip
+                [*prefix, *argv],
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+            )
         self.procs.append(proc)
         return proc
 
@@ -98,23 +103,36 @@ def tail(log: Path, chars: int = 2000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
-def wait_until(predicate: Any, what: str, proc: subprocess.Popen[bytes] | None = None,
-               log: Path | None = None, timeout: float = 60,
-               interval: float = 0.05) -> None:  # fmt: skip
+def wait_until(
+    predicate: Any,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    timeout: float = 60,
+    interval: float = 0.05,
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited {proc.returncode}\n{tail(log) if log else ''}")
+            raise RuntimeError(
+                f"{what}: process exited {proc.returncode}\n{tail(log) if log else ''}"
+            )
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}\n{tail(log) if log else ''}")
         time.sleep(interval)
 
 
-def http(method: str, url: str, headers: dict[str, str] | None = None,
-         data: bytes | None = None, timeout: float = 10) -> tuple[int, bytes]:  # fmt: skip
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+def http(
+    method: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+    timeout: float = 10,
+) -> tuple[int, bytes]:
+    # Only ever the http:// URLs of servers this benchmark started.
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - our servers
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -164,9 +182,12 @@ class Upstream:
 
     def mint(self, run: str) -> str:
         body = json.dumps({"user": "alice", "run": run, "workspace": "genomics"}).encode()
-        status, raw = http("POST", f"{self.issuer_url}/v1/launch-tokens", data=body,
-                           headers={"Content-Type": "application/json",
-                                    "Authorization": f"Bearer {self.api_key}"})  # fmt: skip
+        status, raw = http(
+            "POST",
+            f"{self.issuer_url}/v1/launch-tokens",
+            data=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
+        )
         if status != 201:
             raise RuntimeError(f"minting a launch token failed: HTTP {status} {raw[:300]!r}")
         return str(json.loads(raw)["token"])
@@ -200,8 +221,9 @@ def start_upstream(procs: Processes, work: Path, core: int) -> Upstream:
     )
     wait_until(info_file.exists, "sandbox", proc, log)
     info = json.loads(info_file.read_text())
-    return Upstream(url, issuer_dir, api_key, str(info["aws"]["sts_endpoint"]),
-                    str(info["aws"]["endpoint_url"]))  # fmt: skip
+    return Upstream(
+        url, issuer_dir, api_key, str(info["aws"]["sts_endpoint"]), str(info["aws"]["endpoint_url"])
+    )
 
 
 @dataclass
@@ -233,15 +255,28 @@ class Sidecar:
         return self.env["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
 
 
-def start_sidecar(procs: Processes, up: Upstream, directory: Path, token: str, core: int,
-                  *extra: str) -> Sidecar:  # fmt: skip
+def start_sidecar(
+    procs: Processes, up: Upstream, directory: Path, token: str, core: int, *extra: str
+) -> Sidecar:
     directory.mkdir(parents=True, exist_ok=True)
     token_file = directory / "launch-token"
     token_file.write_text(token)
     token_file.chmod(0o600)
-    argv = [*CLI, "serve", "--token-file", str(token_file), "--run-dir", str(directory / "run"),
-            "--aws-sts-endpoint", up.sts, "--aws-endpoint-url", up.s3,
-            "--audit-log", str(directory / "audit.jsonl"), *extra]  # fmt: skip
+    argv = [
+        *CLI,
+        "serve",
+        "--token-file",
+        str(token_file),
+        "--run-dir",
+        str(directory / "run"),
+        "--aws-sts-endpoint",
+        up.sts,
+        "--aws-endpoint-url",
+        up.s3,
+        "--audit-log",
+        str(directory / "audit.jsonl"),
+        *extra,
+    ]
     started = time.time()
     proc = procs.start(argv, directory / "sidecar.log", core)
     sidecar = Sidecar(proc, directory, started)
@@ -255,8 +290,12 @@ def job_env(sidecar: Sidecar) -> dict[str, str]:
     """What `credsidecar env` prints, parsed (export lines only)."""
     done = subprocess.run(
         [*CLI, "env", "--run-dir", str(sidecar.run_dir)],
-        capture_output=True, text=True, check=True, timeout=30, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     env = {}
     for line in done.stdout.splitlines():
         words = shlex.split(line)
@@ -276,16 +315,18 @@ class ReadyRun:
     listening: float | None  # credentials.obtained -> sidecar.ready (audit)
 
 
-def measure_ready(procs: Processes, up: Upstream, work: Path, token: str, core: int,
-                  runs: int) -> list[ReadyRun]:  # fmt: skip
+def measure_ready(
+    procs: Processes, up: Upstream, work: Path, token: str, core: int, runs: int
+) -> list[ReadyRun]:
     results = []
     for i in range(runs):
         sidecar = start_sidecar(procs, up, work / f"ready-{i}", token, core)
         try:
             assert sidecar.ready_wall is not None
             total = sidecar.ready_wall - sidecar.started_wall
-            wait_until(lambda s=sidecar: read_events(s.audit, "sidecar.ready"), "audit ready",
-                       timeout=5)  # fmt: skip
+            wait_until(
+                lambda s=sidecar: read_events(s.audit, "sidecar.ready"), "audit ready", timeout=5
+            )
             obtained = read_events(sidecar.audit, "credentials.obtained")
             ready = read_events(sidecar.audit, "sidecar.ready")
             t_obt = obtained[0]["ts"] - sidecar.started_wall if obtained else None
@@ -297,8 +338,9 @@ def measure_ready(procs: Processes, up: Upstream, work: Path, token: str, core: 
 
 
 def measure_imports(core: int, runs: int = 3) -> tuple[float, float, list[tuple[str, float]]]:
-    """Median wall time of a bare interpreter, of importing what `serve` imports, and the
-    heaviest top-level imports by `-X importtime` (cumulative, ms)."""
+    """Median wall time of a bare interpreter and of importing what `serve` imports, and the
+    packages that cost most by `-X importtime` (each module's own time, summed per top-level
+    package, so the figures do not overlap)."""
     modules = "import credsidecar.cli, credsidecar.config, credsidecar.daemon"
 
     def timed(code: str) -> float:
@@ -308,15 +350,20 @@ def measure_imports(core: int, runs: int = 3) -> tuple[float, float, list[tuple[
 
     bare = statistics.median(timed("pass") for _ in range(runs))
     full = statistics.median(timed(modules) for _ in range(runs))
-    done = subprocess.run(["taskset", "-c", str(core), PY, "-X", "importtime", "-c", modules],
-                          capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
-    top: dict[str, float] = {}
+    done = subprocess.run(
+        ["taskset", "-c", str(core), PY, "-X", "importtime", "-c", modules],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    per_package: dict[str, float] = {}
     for line in done.stderr.splitlines():
-        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| ( *)(\S+)", line)
-        if m and len(m.group(2)) <= 1:  # top level: one space after the bar
-            root = m.group(3).split(".")[0]
-            top[root] = top.get(root, 0.0) + int(m.group(1)) / 1000
-    heaviest = sorted(top.items(), key=lambda kv: -kv[1])[:4]
+        m = re.match(r"import time:\s+(\d+) \|\s+\d+ \| +(\S+)", line)
+        if m:
+            root = m.group(2).split(".")[0]
+            per_package[root] = per_package.get(root, 0.0) + int(m.group(1)) / 1000
+    heaviest = sorted(per_package.items(), key=lambda kv: -kv[1])[:5]
     return bare, full, heaviest
 
 
@@ -351,15 +398,35 @@ def parse_wrk(out: str) -> WrkResult:
         raise RuntimeError(f"could not parse wrk output:\n{out}")
     non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)),
-                     int(total.group(1)), int(non.group(1)) if non else 0,
-                     errors.group(1).strip() if errors else None)  # fmt: skip
+    return WrkResult(
+        float(rps.group(1)),
+        _ms(p50.group(1)),
+        _ms(p99.group(1)),
+        int(total.group(1)),
+        int(non.group(1)) if non else 0,
+        errors.group(1).strip() if errors else None,
+    )
 
 
-def run_wrk(url: str, headers: dict[str, str], core: int, threads: int, connections: int,
-            seconds: float, script: Path | None = None) -> WrkResult:  # fmt: skip
-    argv = ["taskset", "-c", str(core), "wrk", f"-t{threads}", f"-c{connections}",
-            f"-d{seconds:g}s", "--latency"]  # fmt: skip
+def run_wrk(
+    url: str,
+    headers: dict[str, str],
+    core: int,
+    threads: int,
+    connections: int,
+    seconds: float,
+    script: Path | None = None,
+) -> WrkResult:
+    argv = [
+        "taskset",
+        "-c",
+        str(core),
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--latency",
+    ]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     if script is not None:
@@ -411,8 +478,9 @@ class BurstResult:
     window: float = 0.0
 
 
-async def burst(url: str, secret: str, clients: int, stop_when: Any, max_seconds: float,
-                tail_seconds: float) -> BurstResult:  # fmt: skip
+async def burst(
+    url: str, secret: str, clients: int, stop_when: Any, max_seconds: float, tail_seconds: float
+) -> BurstResult:
     """`clients` keep-alive connections, each asking in a loop, all starting at once, until
     `stop_when()` has been true for `tail_seconds` (or `max_seconds` pass)."""
     import aiohttp
@@ -486,21 +554,38 @@ class RenewalResult:
     note: str = ""
 
 
-def measure_renewal(procs: Processes, up: Upstream, work: Path, server_core: int,
-                    client_core: int, clients: int) -> RenewalResult:  # fmt: skip
+def measure_renewal(
+    procs: Processes, up: Upstream, work: Path, server_core: int, client_core: int, clients: int
+) -> RenewalResult:
     run = "bench-renew"
-    sidecar = start_sidecar(procs, up, work / "renewal", up.mint(run), server_core,
-                            "--aws-duration", "10")  # fmt: skip
+    sidecar = start_sidecar(
+        procs, up, work / "renewal", up.mint(run), server_core, "--aws-duration", "10"
+    )
     try:
         sidecar.env = job_env(sidecar)
-        wait_until(lambda: read_events(sidecar.audit, "credentials.obtained"), "first credentials",
-                   timeout=5)  # fmt: skip
-        first = read_events(sidecar.audit, "credentials.obtained")[0]
-        # The cache renews at half the lifetime; the lifetime runs from just before the fetch,
-        # so the renewal is due a little before the midpoint of (obtained, expiry).
-        due = (first["ts"] + first["expiry"]) / 2
-        start_at = due - 1.5
-        delay = start_at - time.time()
+        wait_until(
+            lambda: read_events(sidecar.audit, "credentials.obtained"),
+            "first credentials",
+            timeout=5,
+        )
+        while True:
+            events = read_events(sidecar.audit, "credentials.obtained")
+            last = events[-1]
+            # The cache renews at half the lifetime; the lifetime runs from just before the
+            # fetch, so the renewal is due about the midpoint of (obtained, expiry).
+            due = (last["ts"] + last["expiry"]) / 2
+            if due - time.time() >= 1.0:
+                break
+            # Too close to open the window before it: wait for this renewal, use the next one.
+            seen = len(events)
+            wait_until(
+                lambda seen=seen: len(read_events(sidecar.audit, "credentials.obtained")) > seen,
+                "a renewal",
+                sidecar.proc,
+                sidecar.log,
+                timeout=15,
+            )
+        delay = due - 1.5 - time.time()
         if delay > 0:
             time.sleep(delay)
         sts_before = up.sts_calls()
@@ -514,22 +599,43 @@ def measure_renewal(procs: Processes, up: Upstream, work: Path, server_core: int
         # sidecar's core and stays out of this process's state.
         out = work / "burst.json"
         subprocess.run(
-            ["taskset", "-c", str(client_core), PY, str(Path(__file__).resolve()),
-             "--_burst", f"{sidecar.url}{CONTAINER_PATH}", str(sidecar.audit),
-             str(obtained_before), str(clients), str(out)],
-            env={**os.environ, "BENCH_SECRET": sidecar.secret}, check=True, cwd=ROOT,
+            [
+                "taskset",
+                "-c",
+                str(client_core),
+                PY,
+                str(Path(__file__).resolve()),
+                "--_burst",
+                f"{sidecar.url}{CONTAINER_PATH}",
+                str(sidecar.audit),
+                str(obtained_before),
+                str(clients),
+                str(out),
+            ],
+            env={**os.environ, "BENCH_SECRET": sidecar.secret},
+            check=True,
+            cwd=ROOT,
             timeout=120,
-        )  # fmt: skip
+        )
         result = BurstResult(**json.loads(out.read_text()))
         sts_after = up.sts_calls()
         exch_after = up.exchanges(run)
         events = read_events(sidecar.audit, "credentials.obtained")
         obtained_in_window = len(events) - obtained_before
-        interval = events[1]["ts"] - events[0]["ts"] if len(events) >= 2 else None
+        interval = events[-1]["ts"] - events[-2]["ts"] if len(events) >= 2 else None
         rss = kib_to_mb(proc_status(sidecar.proc.pid).get("VmHWM"))
-        note = "" if renewed() else "no renewal happened inside the window"
-        return RenewalResult(sts_after - sts_before, exch_after - exch_before,
-                             obtained_in_window, result, interval, rss, note)  # fmt: skip
+        note = {0: "no renewal happened inside the window", 1: ""}.get(
+            obtained_in_window, f"{obtained_in_window} renewals inside the window"
+        )
+        return RenewalResult(
+            sts_after - sts_before,
+            exch_after - exch_before,
+            obtained_in_window,
+            result,
+            interval,
+            rss,
+            note,
+        )
     finally:
         procs.stop(sidecar.proc)
 
@@ -538,10 +644,17 @@ def burst_main(url: str, audit: str, obtained_before: str, clients: str, out: st
     def renewed() -> bool:
         return len(read_events(Path(audit), "credentials.obtained")) > int(obtained_before)
 
-    # Up to 6 s: the window opens 1.5 s before the due renewal and the next one is ~5 s later.
+    # At most 4 s: the window opens 1.5 s before the renewal is due and the next one is due
+    # 5 s after it, so the window holds exactly one.
     result = asyncio.run(
-        burst(url, os.environ["BENCH_SECRET"], int(clients), renewed, max_seconds=4.0,
-              tail_seconds=0.5)  # fmt: skip
+        burst(
+            url,
+            os.environ["BENCH_SECRET"],
+            int(clients),
+            renewed,
+            max_seconds=4.0,
+            tail_seconds=0.5,
+        )
     )
     Path(out).write_text(json.dumps(result.__dict__))
 
@@ -556,8 +669,10 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return (f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}; "
-            f"Linux {platform.release()}; Python {platform.python_version()}")  # fmt: skip
+    return (
+        f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}; "
+        f"Linux {platform.release()}; Python {platform.python_version()}"
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -587,7 +702,9 @@ def main() -> int:
         burst_main(*sys.argv[2:7])
         return 0
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # A SIGTERM (a CI timeout) unwinds through the `finally` that stops every child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of wrk before each")
     parser.add_argument("--connections", type=int, default=64)
@@ -596,14 +713,20 @@ def main() -> int:
     parser.add_argument("--ready-runs", type=int, default=5)
     parser.add_argument("--server-core", type=int, help="core for the servers (default: first)")
     parser.add_argument("--client-core", type=int, help="core for clients (default: second)")
-    parser.add_argument("--extra-paths", action="store_true",
-                        help="also load the IMDS role list, extended credentials and token PUT")  # fmt: skip
+    parser.add_argument(
+        "--extra-paths",
+        action="store_true",
+        help="also load the IMDS role list, extended credentials and token PUT",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
-        print("wrk is not installed: run `apt-get install -y wrk` (Debian/Ubuntu package `wrk`)"
-              ", then run this again.", file=sys.stderr)  # fmt: skip
+        print(
+            "wrk is not installed: run `apt-get install -y wrk` (Debian/Ubuntu package `wrk`)"
+            ", then run this again.",
+            file=sys.stderr,
+        )
         return 2
     if shutil.which("taskset") is None:
         print("taskset is missing: `apt-get install -y util-linux`.", file=sys.stderr)
@@ -612,9 +735,14 @@ def main() -> int:
     server_core = args.server_core if args.server_core is not None else cores[0]
     client_core = args.client_core if args.client_core is not None else cores[-1]
     print(f"machine: {machine()}")
-    print(f"server core {server_core}, client core {client_core}"
-          + ("  (ONE core only: clients compete with the server)"
-             if server_core == client_core else ""))  # fmt: skip
+    print(
+        f"server core {server_core}, client core {client_core}"
+        + (
+            "  (ONE core only: clients compete with the server)"
+            if server_core == client_core
+            else ""
+        )
+    )
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
 
@@ -630,13 +758,17 @@ def main() -> int:
         with section(f"time to ready ({args.ready_runs} starts)"):
             runs = measure_ready(procs, up, work, token, server_core, args.ready_runs)
             bare, imports, heaviest = measure_imports(server_core)
-            for i, r in enumerate(runs):
-                print(f"   start {i + 1}: ready {r.total * 1000:.0f} ms (credentials obtained "
-                      f"at {(r.obtained or 0) * 1000:.0f} ms, listening "
-                      f"{(r.listening or 0) * 1000:.0f} ms later)")  # fmt: skip
-            print(f"   python -c pass: {bare * 1000:.0f} ms; importing serve's modules: "
-                  f"{imports * 1000:.0f} ms; heaviest: "
-                  + ", ".join(f"{n} {ms:.0f} ms" for n, ms in heaviest))  # fmt: skip
+            for i, run in enumerate(runs):
+                print(
+                    f"   start {i + 1}: ready {run.total * 1000:.0f} ms (credentials obtained "
+                    f"at {(run.obtained or 0) * 1000:.0f} ms, listening "
+                    f"{(run.listening or 0) * 1000:.0f} ms later)"
+                )
+            print(
+                f"   python -c pass: {bare * 1000:.0f} ms; importing serve's modules: "
+                f"{imports * 1000:.0f} ms; heaviest: "
+                + ", ".join(f"{n} {ms:.0f} ms" for n, ms in heaviest)
+            )
             figures["ready"] = statistics.median(r.total for r in runs)
             figures["ready_obtained"] = statistics.median(r.obtained or 0 for r in runs)
             figures["imports"] = imports
@@ -650,8 +782,7 @@ def main() -> int:
             status, body = http("GET", url + CONTAINER_PATH, container_headers)
             if status != 200:
                 raise RuntimeError(f"container endpoint: HTTP {status} {body[:300]!r}")
-            status, imds_token = http("PUT", url + "/latest/api/token",
-                                      {TOKEN_TTL_HEADER: "21600"})  # fmt: skip
+            status, imds_token = http("PUT", url + "/latest/api/token", {TOKEN_TTL_HEADER: "21600"})
             if status != 200:
                 raise RuntimeError(f"IMDSv2 token: HTTP {status}")
             imds_headers = {TOKEN_HEADER: imds_token.decode()}
@@ -667,43 +798,72 @@ def main() -> int:
             body_file.write_bytes(body)
             port_file = work / "baseline.port"
             base_log = work / "baseline.log"
-            base = procs.start([PY, str(Path(__file__).resolve()), "--_baseline", str(body_file),
-                                str(port_file)], base_log, server_core)  # fmt: skip
+            base = procs.start(
+                [PY, str(Path(__file__).resolve()), "--_baseline", str(body_file), str(port_file)],
+                base_log,
+                server_core,
+            )
             wait_until(port_file.exists, "baseline", base, base_log, timeout=30)
             base_url = f"http://127.0.0.1:{port_file.read_text()}"
-            wait_until(lambda: http("GET", base_url + CONTAINER_PATH)[1] == body,
-                       "baseline serving", base, base_log, timeout=30)  # fmt: skip
+            wait_until(
+                lambda: http("GET", base_url + CONTAINER_PATH)[1] == body,
+                "baseline serving",
+                base,
+                base_log,
+                timeout=30,
+            )
 
             targets: list[tuple[str, str, dict[str, str], Path | None]] = [
                 ("bare aiohttp (same bytes)", base_url + CONTAINER_PATH, {}, None),
-                ("container GET " + CONTAINER_PATH, url + CONTAINER_PATH, container_headers,
-                 None),
-                ("IMDSv2 GET .../security-credentials/<role>", url + IMDS_CREDS + role_name,
-                 imds_headers, None),
-            ]  # fmt: skip
+                ("container GET " + CONTAINER_PATH, url + CONTAINER_PATH, container_headers, None),
+                (
+                    "IMDSv2 GET .../security-credentials/<role>",
+                    url + IMDS_CREDS + role_name,
+                    imds_headers,
+                    None,
+                ),
+            ]
             if args.extra_paths:
                 lua = work / "put-token.lua"
-                lua.write_text('wrk.method = "PUT"\n'
-                               f'wrk.headers["{TOKEN_TTL_HEADER}"] = "21600"\n')  # fmt: skip
+                lua.write_text(f'wrk.method = "PUT"\nwrk.headers["{TOKEN_TTL_HEADER}"] = "21600"\n')
                 targets += [
-                    ("IMDSv2 GET .../security-credentials/", url + IMDS_CREDS, imds_headers,
-                     None),
-                    ("IMDSv2 GET .../security-credentials-extended/<role>",
-                     url + IMDS_EXTENDED + role_name, imds_headers, None),
+                    ("IMDSv2 GET .../security-credentials/", url + IMDS_CREDS, imds_headers, None),
+                    (
+                        "IMDSv2 GET .../security-credentials-extended/<role>",
+                        url + IMDS_EXTENDED + role_name,
+                        imds_headers,
+                        None,
+                    ),
                     ("IMDSv2 PUT /latest/api/token", url + "/latest/api/token", {}, lua),
-                ]  # fmt: skip
+                ]
             results: dict[str, WrkResult] = {}
             for name, target, headers, script in targets:
                 if args.warmup > 0:
-                    run_wrk(target, headers, client_core, args.threads, args.connections,
-                            args.warmup, script)  # fmt: skip
-                r = run_wrk(target, headers, client_core, args.threads, args.connections,
-                            args.duration, script)  # fmt: skip
+                    run_wrk(
+                        target,
+                        headers,
+                        client_core,
+                        args.threads,
+                        args.connections,
+                        args.warmup,
+                        script,
+                    )
+                r = run_wrk(
+                    target,
+                    headers,
+                    client_core,
+                    args.threads,
+                    args.connections,
+                    args.duration,
+                    script,
+                )
                 results[name] = r
-                print(f"   {name:<52} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:6.2f} ms  "
-                      f"p99 {r.p99_ms:6.2f} ms  non-2xx {r.non_2xx}"
-                      + (f"  socket errors: {r.socket_errors}" if r.socket_errors else ""),
-                      flush=True)  # fmt: skip
+                print(
+                    f"   {name:<52} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:6.2f} ms  "
+                    f"p99 {r.p99_ms:6.2f} ms  non-2xx {r.non_2xx}"
+                    + (f"  socket errors: {r.socket_errors}" if r.socket_errors else ""),
+                    flush=True,
+                )
             status_fields = proc_status(sidecar.proc.pid)
             figures["rss_hwm"] = kib_to_mb(status_fields.get("VmHWM"))
             figures["rss_now"] = kib_to_mb(status_fields.get("VmRSS"))
@@ -715,17 +875,25 @@ def main() -> int:
         with section(f"one renewal under {args.clients} concurrent clients (--aws-duration 10)"):
             renewal = measure_renewal(procs, up, work, server_core, client_core, args.clients)
             b = renewal.burst
-            print(f"   window {b.window:.2f} s: {b.requests} requests, {b.ok} ok, statuses "
-                  f"{b.statuses}, errors {b.errors or 'none'}; first wave {b.first_wave_ok}/"
-                  f"{b.first_wave_done} ok; distinct AccessKeyIds served {len(b.keys)}; "
-                  f"latency p50 {percentile(b.latencies, 50):.1f} ms "
-                  f"p99 {percentile(b.latencies, 99):.1f} ms")  # fmt: skip
-            print(f"   STS AssumeRoleWithWebIdentity calls in the window: {renewal.sts_delta}; "
-                  f"issuer exchanges: {renewal.exchange_delta}; credentials.obtained audit "
-                  f"lines: {renewal.obtained_in_window}"
-                  + (f"; renewal interval {renewal.interval:.2f} s (expected ~5 s)"
-                     if renewal.interval else "")
-                  + (f"  NOTE: {renewal.note}" if renewal.note else ""))  # fmt: skip
+            print(
+                f"   window {b.window:.2f} s: {b.requests} requests, {b.ok} ok, statuses "
+                f"{b.statuses}, errors {b.errors or 'none'}; first wave {b.first_wave_ok}/"
+                f"{b.first_wave_done} ok; distinct AccessKeyIds served {len(b.keys)}; "
+                f"client-side latency p50 {percentile(b.latencies, 50):.1f} ms "
+                f"p99 {percentile(b.latencies, 99):.1f} ms (bound by the Python client, "
+                f"{b.requests / b.window if b.window else 0:,.0f} req/s)"
+            )
+            print(
+                f"   STS AssumeRoleWithWebIdentity calls in the window: {renewal.sts_delta}; "
+                f"issuer exchanges: {renewal.exchange_delta}; credentials.obtained audit "
+                f"lines: {renewal.obtained_in_window}"
+                + (
+                    f"; renewal interval {renewal.interval:.2f} s (expected ~5 s)"
+                    if renewal.interval
+                    else ""
+                )
+                + (f"  NOTE: {renewal.note}" if renewal.note else "")
+            )
             figures["renewal"] = renewal
     finally:
         procs.stop_all()
@@ -750,52 +918,116 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         pct = 100 * r.rps / base.rps if base.rps else 0.0
         bad = f" ({r.non_2xx} non-2xx!)" if r.non_2xx else ""
         rows += [
-            (f"{short}: requests/s, 1 core{bad}", f"{r.rps:,.0f}", f">= {TARGET_RPS:,}",
-             verdict(r.rps >= TARGET_RPS and not r.non_2xx)),
-            (f"{short}: % of bare aiohttp", f"{pct:.0f} %", f">= {TARGET_VS_BARE:.0f} %",
-             verdict(pct >= TARGET_VS_BARE)),
-            (f"{short}: p50 / p99 latency", f"{r.p50_ms:.2f} / {r.p99_ms:.2f} ms",
-             f"p99 <= {TARGET_P99_MS:g} ms", verdict(r.p99_ms <= TARGET_P99_MS)),
-        ]  # fmt: skip
-    rows.append(("bare aiohttp: requests/s (reference)", f"{base.rps:,.0f}",
-                 f"p50/p99 {base.p50_ms:.2f}/{base.p99_ms:.2f} ms", "-"))  # fmt: skip
+            (
+                f"{short}: requests/s, 1 core{bad}",
+                f"{r.rps:,.0f}",
+                f">= {TARGET_RPS:,}",
+                verdict(r.rps >= TARGET_RPS and not r.non_2xx),
+            ),
+            (
+                f"{short}: % of bare aiohttp",
+                f"{pct:.0f} %",
+                f">= {TARGET_VS_BARE:.0f} %",
+                verdict(pct >= TARGET_VS_BARE),
+            ),
+            (
+                f"{short}: p50 / p99 latency",
+                f"{r.p50_ms:.2f} / {r.p99_ms:.2f} ms",
+                f"p99 <= {TARGET_P99_MS:g} ms",
+                verdict(r.p99_ms <= TARGET_P99_MS),
+            ),
+        ]
+    rows.append(
+        (
+            "bare aiohttp: requests/s (reference)",
+            f"{base.rps:,.0f}",
+            f"p50/p99 {base.p50_ms:.2f}/{base.p99_ms:.2f} ms",
+            "-",
+        )
+    )
     renewal: RenewalResult = figures["renewal"]
     per = renewal.sts_delta if renewal.obtained_in_window == 1 else None
     b = renewal.burst
     rows += [
-        ("upstream exchanges per renewal (STS / issuer)",
-         f"{renewal.sts_delta} / {renewal.exchange_delta}"
-         + ("" if renewal.obtained_in_window == 1
-            else f" over {renewal.obtained_in_window} renewals"),
-         "exactly 1", verdict(per == 1 and renewal.exchange_delta == 1 if per is not None
-                              else None)),
-        (f"  requests ok during the renewal ({args.clients} clients)",
-         f"{b.ok}/{b.requests}", "all", verdict(b.ok == b.requests and b.requests > 0)),
-        ("time from process start to ready (median)", f"{figures['ready'] * 1000:.0f} ms",
-         f"< {TARGET_READY_S * 1000:.0f} ms", verdict(figures["ready"] < TARGET_READY_S)),
-        ("  of which: start -> first credentials",
-         f"{figures['ready_obtained'] * 1000:.0f} ms", "", "-"),
+        (
+            "upstream exchanges per renewal (STS / issuer)",
+            f"{renewal.sts_delta} / {renewal.exchange_delta}"
+            + (
+                ""
+                if renewal.obtained_in_window == 1
+                else f" over {renewal.obtained_in_window} renewals"
+            ),
+            "exactly 1",
+            verdict(per == 1 and renewal.exchange_delta == 1 if per is not None else None),
+        ),
+        (
+            f"  first {args.clients} simultaneous requests ok",
+            f"{b.first_wave_ok}/{b.first_wave_done}",
+            "all",
+            verdict(b.first_wave_ok == b.first_wave_done == args.clients),
+        ),
+        (
+            "  all requests ok during the renewal window",
+            f"{b.ok}/{b.requests}",
+            "all",
+            verdict(b.ok == b.requests and b.requests > 0),
+        ),
+        (
+            "time from process start to ready (median)",
+            f"{figures['ready'] * 1000:.0f} ms",
+            f"< {TARGET_READY_S * 1000:.0f} ms",
+            verdict(figures["ready"] < TARGET_READY_S),
+        ),
+        (
+            "  of which: start -> first credentials",
+            f"{figures['ready_obtained'] * 1000:.0f} ms",
+            "",
+            "-",
+        ),
         ("  of which: interpreter + imports", f"{figures['imports'] * 1000:.0f} ms", "", "-"),
-    ]  # fmt: skip
+    ]
     peaks = [x for x in (figures["rss_hwm"], renewal.peak_rss_mb) if x is not None]
     rows += [
-        ("peak RSS after wrk load (VmHWM)", f"{figures['rss_hwm']:.1f} MB",
-         f"< {TARGET_RSS_MB:.0f} MB", verdict(figures["rss_hwm"] < TARGET_RSS_MB)),
-        (f"peak RSS with {args.clients} clients (VmHWM)",
-         f"{renewal.peak_rss_mb:.1f} MB" if renewal.peak_rss_mb else "?",
-         f"< {TARGET_RSS_MB:.0f} MB",
-         verdict(max(peaks) < TARGET_RSS_MB if peaks else None)),
-        ("  RSS idle after start / bare aiohttp peak",
-         f"{figures['rss_idle']:.1f} / {figures['baseline_rss']:.1f} MB", "", "-"),
-    ]  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        (
+            "peak RSS after wrk load (VmHWM)",
+            f"{figures['rss_hwm']:.1f} MB",
+            f"< {TARGET_RSS_MB:.0f} MB",
+            verdict(figures["rss_hwm"] < TARGET_RSS_MB),
+        ),
+        (
+            f"peak RSS with {args.clients} clients (VmHWM)",
+            f"{renewal.peak_rss_mb:.1f} MB" if renewal.peak_rss_mb else "?",
+            f"< {TARGET_RSS_MB:.0f} MB",
+            verdict(max(peaks) < TARGET_RSS_MB if peaks else None),
+        ),
+        (
+            "  RSS idle after start / bare aiohttp peak",
+            f"{figures['rss_idle']:.1f} / {figures['baseline_rss']:.1f} MB",
+            "",
+            "-",
+        ),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print()
     print(f"{'figure':<{widths[0]}}  {'measured':>{widths[1]}}  {'target':<{widths[2]}}  verdict")
     print("-" * (sum(widths) + 14))
-    for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
-    print(f"(wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, keep-alive, "
-          f"{args.warmup:g} s warm-up each; figures are from one run on a possibly shared machine)")  # fmt: skip
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+    print(
+        f"(wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, keep-alive, "
+        f"{args.warmup:g} s warm-up each; figures are from one run on a possibly shared machine)"
+    )
+    if base.rps < TARGET_RPS:
+        print(
+            f"note: the bare aiohttp handler itself serves {base.rps:,.0f} req/s on this core, "
+            f"below the {TARGET_RPS:,} target; the absolute target is machine-bound here, the "
+            "% of bare aiohttp is the portable figure."
+        )
+    need = args.connections / (TARGET_P99_MS / 1000)
+    print(
+        f"note: wrk is closed-loop, so mean latency = {args.connections} connections / rate; "
+        f"p99 <= {TARGET_P99_MS:g} ms needs more than {need:,.0f} req/s at -c{args.connections}."
+    )
 
 
 if __name__ == "__main__":

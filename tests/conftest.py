@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Iterator
 
 import pytest
+from blockbuster import blockbuster_ctx
 
 # Variables from the developer's machine that would change what SDKs or the sidecar do.
 _LEAKY_PREFIXES = ("AWS_", "GOOGLE_", "GCE_", "AZURE_", "IDENTITY_", "MSI_", "CREDSIDECAR_")
@@ -15,6 +18,19 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(_LEAKY_PREFIXES):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_on_the_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails an async test whose credsidecar code blocks the event loop (file, socket, sleep)."""
+    if not inspect.iscoroutinefunction(request.function):
+        yield
+        return
+    with blockbuster_ctx(["credsidecar"]) as bb:
+        # One short JSON line per event, line-buffered: the same trade-off as stdlib logging.
+        for name in ("io.TextIOWrapper.write", "io.BufferedWriter.write", "os.write"):
+            bb.functions[name].can_block_in("credsidecar/audit.py", "event")
+        yield
 
 
 class FakeClock:

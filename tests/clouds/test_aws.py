@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 
 import pytest
@@ -43,7 +44,9 @@ def test_role_session_name_fits_sts_limits() -> None:
 
 
 async def test_fetch_calls_assume_role_with_web_identity() -> None:
-    ex, supplier, stubber = exchanger(duration=1800, session_policy='{"Version":"2012-10-17"}')
+    ex, supplier, stubber = await asyncio.to_thread(
+        exchanger, duration=1800, session_policy='{"Version":"2012-10-17"}'
+    )
     expires = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
     stubber.add_response(
         "assume_role_with_web_identity",
@@ -82,7 +85,7 @@ async def test_fetch_calls_assume_role_with_web_identity() -> None:
 async def test_sts_errors_become_messages_naming_user_role_and_cause(
     code: str, message: str, status: int, kind: type[CredsidecarError], fragment: str
 ) -> None:
-    ex, _, stubber = exchanger()
+    ex, _, stubber = await asyncio.to_thread(exchanger)
     stubber.add_client_error("assume_role_with_web_identity", code, message, status)
     with pytest.raises(kind) as info:
         await ex.fetch()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from pathlib import Path
@@ -408,7 +409,7 @@ async def test_revoked_run_cannot_exchange_or_mint(
 async def test_revocation_needs_a_platform_key(client: TestClient, issuer: IssuerFixture) -> None:
     resp = await client.post("/v1/runs/run-1/revoke")
     await assert_error(resp, 401, "unauthorized")
-    assert issuer.service.store.run_revocation("run-1") is None
+    assert await asyncio.to_thread(issuer.service.store.run_revocation, "run-1") is None
 
 
 async def test_disabled_user_cannot_exchange_until_enabled(
@@ -443,7 +444,7 @@ async def test_policy_change_applies_at_the_next_exchange(
         text.replace('users = ["alice"]\nprovider = "aws"\nidentities = ["alice-data"]',
                      'users = ["bob"]\nprovider = "aws"\nidentities = ["alice-data"]')
     )  # fmt: skip
-    assert issuer.service.policy_holder.reload()
+    assert await asyncio.to_thread(issuer.service.policy_holder.reload)
     await assert_error(
         await exchange(client, minted["token"]), 403, "access_denied", "no longer grants"
     )
@@ -455,7 +456,7 @@ async def test_bad_policy_file_keeps_the_old_policy(
     policy = issuer.config.policy_path
     policy.write_text(policy.read_text() + '\n[[grants]]\nusers = ["alice"]\nprovider = "aws"\n'
                       'identities = ["nonexistent"]\n')  # fmt: skip
-    assert not issuer.service.policy_holder.reload()
+    assert not await asyncio.to_thread(issuer.service.policy_holder.reload)
     error = str(issuer.service.policy_holder.last_error)
     assert "unknown aws identity 'nonexistent'" in error
     assert "policy.toml:" in error and ":?:" not in error

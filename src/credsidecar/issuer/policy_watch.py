@@ -60,5 +60,6 @@ class PolicyHolder:
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            if self._file_stamp() != self._stamp:
-                self.reload()
+            # File system calls stay off the event loop, even a stat.
+            if await asyncio.to_thread(self._file_stamp) != self._stamp:
+                await asyncio.to_thread(self.reload)

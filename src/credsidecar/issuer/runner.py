@@ -95,7 +95,14 @@ async def serve(
         await site.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, _reload, service)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_sighup() -> None:
+            task = asyncio.create_task(asyncio.to_thread(_reload, service))
+            reloads.add(task)  # keep a reference until it finishes
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         active = service.keys.active
         log.info(
             "issuer %s listening on %s (active key %s)",
