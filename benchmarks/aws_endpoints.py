@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks for the sidecar's AWS endpoints (issue "Benchmarks"). Prints figures, asserts nothing.
 
-    .venv/bin/python benchmarks/aws_endpoints.py            # from the repository root, ~80 s
+    .venv/bin/python benchmarks/aws_endpoints.py            # from the repository root, ~95 s
 
 What it does, against real processes on 127.0.0.1 (see benchmarks/README.md):
 
@@ -9,7 +9,8 @@ What it does, against real processes on 127.0.0.1 (see benchmarks/README.md):
 2. time to ready: `credsidecar serve` pinned to the server core, from Popen until the env file
    appears in its run directory, several times (median), with a breakdown from its audit log;
 3. load: one sidecar and a bare aiohttp app returning the same bytes, each pinned to the server
-   core, hit by `wrk -t2 -c64 -d10s --latency` pinned to the client core, per AWS path;
+   core, hit by `wrk -t2 -c64 -d10s --latency` pinned to the client core, per AWS path, in two
+   interleaved rounds (the best of each is reported);
 4. peak RSS (VmHWM) of the sidecar after the load;
 5. one renewal under 1,000 concurrent keep-alive clients: a sidecar with `--aws-duration 10`
    renews at about 5 s; STS calls and issuer exchanges are counted across that window.
@@ -204,7 +205,6 @@ class Upstream:
 
 
 def start_upstream(procs: Processes, work: Path, core: int) -> Upstream:
-    sys.path.insert(0, str(ROOT / "src"))
     from credsidecar.issuer.example import free_port, write_example
 
     issuer_dir = work / "issuer"
@@ -337,7 +337,7 @@ def measure_ready(
     return results
 
 
-def measure_imports(core: int, runs: int = 3) -> tuple[float, float, list[tuple[str, float]]]:
+def measure_imports(core: int, runs: int = 5) -> tuple[float, float, list[tuple[str, float]]]:
     """Median wall time of a bare interpreter and of importing what `serve` imports, and the
     packages that cost most by `-X importtime` (each module's own time, summed per top-level
     package, so the figures do not overlap)."""
@@ -435,6 +435,22 @@ def run_wrk(
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     return parse_wrk(done.stdout)
+
+
+@dataclass
+class Target:
+    short: str  # the name in the summary table
+    label: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    script: Path | None = None  # a wrk Lua script (the PUT)
+
+
+def imds_token(url: str) -> str:
+    status, token = http("PUT", url + "/latest/api/token", {TOKEN_TTL_HEADER: "21600"})
+    if status != 200:
+        raise RuntimeError(f"IMDSv2 token: HTTP {status} {token[:200]!r}")
+    return token.decode()
 
 
 # the bare aiohttp baseline ---------------------------------------------------------------------
@@ -706,7 +722,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds of wrk before each")
+    parser.add_argument("--warmup", type=float, default=1, help="seconds of wrk before each")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved wrk rounds; the best is reported"
+    )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clients", type=int, default=1000, help="clients during the renewal")
@@ -769,6 +788,11 @@ def main() -> int:
                 f"{imports * 1000:.0f} ms; heaviest: "
                 + ", ".join(f"{n} {ms:.0f} ms" for n, ms in heaviest)
             )
+            if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+                print(
+                    "   note: PYTHONDONTWRITEBYTECODE is set, so modules without a cached .pyc "
+                    "(an editable install's own sources) are compiled at every start"
+                )
             figures["ready"] = statistics.median(r.total for r in runs)
             figures["ready_obtained"] = statistics.median(r.obtained or 0 for r in runs)
             figures["imports"] = imports
@@ -782,10 +806,7 @@ def main() -> int:
             status, body = http("GET", url + CONTAINER_PATH, container_headers)
             if status != 200:
                 raise RuntimeError(f"container endpoint: HTTP {status} {body[:300]!r}")
-            status, imds_token = http("PUT", url + "/latest/api/token", {TOKEN_TTL_HEADER: "21600"})
-            if status != 200:
-                raise RuntimeError(f"IMDSv2 token: HTTP {status}")
-            imds_headers = {TOKEN_HEADER: imds_token.decode()}
+            imds_headers = {TOKEN_HEADER: imds_token(url)}
             status, role = http("GET", url + IMDS_CREDS, imds_headers)
             if status != 200:
                 raise RuntimeError(f"IMDS role list: HTTP {status}")
@@ -813,57 +834,66 @@ def main() -> int:
                 timeout=30,
             )
 
-            targets: list[tuple[str, str, dict[str, str], Path | None]] = [
-                ("bare aiohttp (same bytes)", base_url + CONTAINER_PATH, {}, None),
-                ("container GET " + CONTAINER_PATH, url + CONTAINER_PATH, container_headers, None),
-                (
+            targets = [
+                Target("bare aiohttp", "bare aiohttp (same bytes)", base_url + CONTAINER_PATH),
+                Target(
+                    "container",
+                    "container GET " + CONTAINER_PATH,
+                    url + CONTAINER_PATH,
+                    container_headers,
+                ),
+                Target(
+                    "IMDSv2 credentials",
                     "IMDSv2 GET .../security-credentials/<role>",
                     url + IMDS_CREDS + role_name,
                     imds_headers,
-                    None,
                 ),
             ]
             if args.extra_paths:
                 lua = work / "put-token.lua"
                 lua.write_text(f'wrk.method = "PUT"\nwrk.headers["{TOKEN_TTL_HEADER}"] = "21600"\n')
                 targets += [
-                    ("IMDSv2 GET .../security-credentials/", url + IMDS_CREDS, imds_headers, None),
-                    (
+                    Target(
+                        "IMDSv2 role list",
+                        "IMDSv2 GET .../security-credentials/",
+                        url + IMDS_CREDS,
+                        imds_headers,
+                    ),
+                    Target(
+                        "IMDSv2 extended",
                         "IMDSv2 GET .../security-credentials-extended/<role>",
                         url + IMDS_EXTENDED + role_name,
                         imds_headers,
-                        None,
                     ),
-                    ("IMDSv2 PUT /latest/api/token", url + "/latest/api/token", {}, lua),
+                    # Last in each round: every PUT adds a token to a table of 4,096, so the
+                    # flood evicts the token the GETs use; each round starts with a fresh one.
+                    Target(
+                        "IMDSv2 token PUT",
+                        "IMDSv2 PUT /latest/api/token",
+                        url + "/latest/api/token",
+                        script=lua,
+                    ),
                 ]
+            # Rounds interleave the targets (A B C A B C), so a noisy neighbour hits each
+            # alike; the best round of each target (fewest errors, then most requests/s) is
+            # reported.
             results: dict[str, WrkResult] = {}
-            for name, target, headers, script in targets:
-                if args.warmup > 0:
-                    run_wrk(
-                        target,
-                        headers,
-                        client_core,
-                        args.threads,
-                        args.connections,
-                        args.warmup,
-                        script,
+            wrk = (client_core, args.threads, args.connections)
+            for round_no in range(1, args.rounds + 1):
+                imds_headers[TOKEN_HEADER] = imds_token(url)
+                for t in targets:
+                    if args.warmup > 0:
+                        run_wrk(t.url, t.headers, *wrk, args.warmup, t.script)
+                    r = run_wrk(t.url, t.headers, *wrk, args.duration, t.script)
+                    best = results.get(t.short)
+                    if best is None or (r.non_2xx, -r.rps) < (best.non_2xx, -best.rps):
+                        results[t.short] = r
+                    print(
+                        f"   {round_no}. {t.label:<50} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:6.2f}"
+                        f" ms  p99 {r.p99_ms:6.2f} ms  non-2xx {r.non_2xx}"
+                        + (f"  socket errors: {r.socket_errors}" if r.socket_errors else ""),
+                        flush=True,
                     )
-                r = run_wrk(
-                    target,
-                    headers,
-                    client_core,
-                    args.threads,
-                    args.connections,
-                    args.duration,
-                    script,
-                )
-                results[name] = r
-                print(
-                    f"   {name:<52} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:6.2f} ms  "
-                    f"p99 {r.p99_ms:6.2f} ms  non-2xx {r.non_2xx}"
-                    + (f"  socket errors: {r.socket_errors}" if r.socket_errors else ""),
-                    flush=True,
-                )
             status_fields = proc_status(sidecar.proc.pid)
             figures["rss_hwm"] = kib_to_mb(status_fields.get("VmHWM"))
             figures["rss_now"] = kib_to_mb(status_fields.get("VmRSS"))
@@ -909,12 +939,11 @@ def main() -> int:
 
 def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
     load: dict[str, WrkResult] = figures["load"]
-    names = list(load)
-    base = load[names[0]]
+    base = load["bare aiohttp"]
     rows: list[tuple[str, str, str, str]] = []
-    for name in names[1:]:
-        r = load[name]
-        short = name.split(" ", 1)[0] + " " + name.rsplit("/", 1)[-1]
+    for short, r in load.items():
+        if short == "bare aiohttp":
+            continue
         pct = 100 * r.rps / base.rps if base.rps else 0.0
         bad = f" ({r.non_2xx} non-2xx!)" if r.non_2xx else ""
         rows += [
@@ -984,7 +1013,12 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
             "",
             "-",
         ),
-        ("  of which: interpreter + imports", f"{figures['imports'] * 1000:.0f} ms", "", "-"),
+        (
+            "  interpreter + imports alone (median of 5)",
+            f"{figures['imports'] * 1000:.0f} ms",
+            "",
+            "-",
+        ),
     ]
     peaks = [x for x in (figures["rss_hwm"], renewal.peak_rss_mb) if x is not None]
     rows += [
@@ -1015,7 +1049,8 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
     print(
         f"(wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency, keep-alive, "
-        f"{args.warmup:g} s warm-up each; figures are from one run on a possibly shared machine)"
+        f"{args.warmup:g} s warm-up each, best of {args.rounds} interleaved rounds; one run on a "
+        "possibly shared machine)"
     )
     if base.rps < TARGET_RPS:
         print(

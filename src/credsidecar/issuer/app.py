@@ -150,12 +150,18 @@ async def token_exchange(request: web.Request) -> web.Response:
     )
 
 
-async def revoke_run(request: web.Request) -> web.Response:
-    caller = _platform_caller(request)
+async def _reason(request: web.Request) -> str | None:
+    """The optional `{"reason": ...}` body of admin actions, kept for the audit trail."""
     body = await _json_body(request)
     reason = body.get("reason") if isinstance(body, dict) else None
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
         raise BadRequest("`reason` must be a string of at most 500 characters")
+    return reason
+
+
+async def revoke_run(request: web.Request) -> web.Response:
+    caller = _platform_caller(request)
+    reason = await _reason(request)
     run = request.match_info["run"]
     service = request.app[SERVICE]
     fresh = await asyncio.to_thread(service.revoke_run, run, reason, caller)
@@ -165,10 +171,7 @@ async def revoke_run(request: web.Request) -> web.Response:
 def _user_toggle(disabled: bool) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         caller = _platform_caller(request)
-        body = await _json_body(request)
-        reason = body.get("reason") if isinstance(body, dict) else None
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-            raise BadRequest("`reason` must be a string of at most 500 characters")
+        reason = await _reason(request)
         user = request.match_info["user"]
         service = request.app[SERVICE]
         await asyncio.to_thread(service.set_user_disabled, user, disabled, reason, caller)
