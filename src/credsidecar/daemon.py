@@ -28,7 +28,7 @@ from credsidecar.clouds.aws import AwsCredentials, AwsExchanger, AwsSettings, ro
 from credsidecar.clouds.federation import DirectToken, IssuerExchange, TokenSupplier
 from credsidecar.config import SidecarConfig
 from credsidecar.endpoints.aws import CONTAINER_PATH, AwsEndpoints
-from credsidecar.endpoints.guards import allowed_hosts
+from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.errors import ConfigError
 from credsidecar.jobenv import AWS_UNSET, render, write_private_atomic
 from credsidecar.launch import (
@@ -214,8 +214,9 @@ async def run_sidecar(
             sock = _bind(config.host, config.port)
             port = int(sock.getsockname()[1])
             hosts = allowed_hosts(port, ["169.254.169.254"] if config.link_local else [])
-            endpoints = AwsEndpoints(cache, aws_secret, audit, who)
-            app = create_sidecar_app(hosts, audit, endpoints, [cache], config.link_local)
+            guard = Guard(hosts, RefusalLog(audit), config.link_local)
+            endpoints = AwsEndpoints(cache, aws_secret, audit, guard, who)
+            app = create_sidecar_app(guard, endpoints, [cache])
             async with _serving(app, sock):
                 url = f"http://{config.host}:{port}"
                 env_text = job_environment(config, url, aws_secret, secret_file)

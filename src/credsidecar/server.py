@@ -6,10 +6,9 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from credsidecar.audit import AuditLog
 from credsidecar.cache import CredentialCache
 from credsidecar.endpoints.aws import AwsEndpoints
-from credsidecar.endpoints.guards import guard_middleware
+from credsidecar.endpoints.guards import Guard
 from credsidecar.errors import Unavailable
 
 __all__ = ["create_sidecar_app"]
@@ -41,17 +40,13 @@ def _health_routes(caches: Sequence[CredentialCache]) -> list[web.RouteDef]:  # 
 
 
 def create_sidecar_app(
-    hosts: frozenset[str],
-    audit: AuditLog,
+    guard: Guard,
     aws: AwsEndpoints | None,
     caches: Sequence[CredentialCache],  # type: ignore[type-arg]
-    link_local: bool = False,
 ) -> web.Application:
-    app = web.Application(
-        middlewares=[guard_middleware(hosts, audit, link_local)],
-        client_max_size=MAX_REQUEST_BYTES,
-    )
-    app.add_routes(_health_routes(caches))
+    """Every route, health checks included, is registered through the guard."""
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app.add_routes(guard.routes(_health_routes(caches)))
     if aws is not None:
-        app.add_routes(aws.routes())
+        app.add_routes(guard.routes(aws.routes()))
     return app

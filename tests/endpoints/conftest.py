@@ -16,7 +16,7 @@ from credsidecar.audit import AuditLog
 from credsidecar.cache import CredentialCache
 from credsidecar.clouds.aws import AwsCredentials
 from credsidecar.endpoints.aws import AwsEndpoints
-from credsidecar.endpoints.guards import allowed_hosts
+from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.issuer.example import free_port
 from credsidecar.server import create_sidecar_app
 
@@ -60,6 +60,7 @@ class Sidecar:
     audit: io.StringIO
     mono: Mono
     port: int
+    refusal_mono: Mono
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit.getvalue().splitlines()]
@@ -74,8 +75,10 @@ async def sidecar(aiohttp_client: Callable[..., Any]) -> Sidecar:
     upstream, mono, stream = Upstream(), Mono(), io.StringIO()
     audit = AuditLog(stream)
     cache: CredentialCache[AwsCredentials] = CredentialCache("AWS (user alice)", upstream.fetch)
-    endpoints = AwsEndpoints(cache, SECRET, audit, {"user": "alice", "run": "r1"}, mono=mono)
     port = free_port()
-    app = create_sidecar_app(allowed_hosts(port), audit, endpoints, [cache])
+    refusal_mono = Mono()
+    guard = Guard(allowed_hosts(port), RefusalLog(audit, mono=refusal_mono))
+    endpoints = AwsEndpoints(cache, SECRET, audit, guard, {"user": "alice", "run": "r1"}, mono=mono)
+    app = create_sidecar_app(guard, endpoints, [cache])
     client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
-    return Sidecar(client, cache, upstream, stream, mono, port)
+    return Sidecar(client, cache, upstream, stream, mono, port, refusal_mono)

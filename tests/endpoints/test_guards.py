@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from credsidecar.endpoints.guards import _peer_allowed, allowed_hosts, secrets_match
+from credsidecar.endpoints.guards import (
+    REFUSAL_WINDOW,
+    _peer_allowed,
+    allowed_hosts,
+    secrets_match,
+)
 from tests.endpoints.conftest import SECRET, Sidecar
 
 
@@ -51,6 +56,16 @@ def test_peer_must_be_loopback_unless_link_local_is_opted_in(
     address: str | None, link_local: bool, allowed: bool
 ) -> None:
     assert _peer_allowed(address, link_local) is allowed
+
+
+async def test_refusals_are_audited_once_per_window_with_a_count(sidecar: Sidecar) -> None:
+    for _ in range(5):
+        await sidecar.client.get("/healthz", headers={"Origin": "http://evil.example"})
+    assert len([e for e in sidecar.events() if e["event"] == "request.refused"]) == 1
+    sidecar.refusal_mono.offset += REFUSAL_WINDOW + 1
+    await sidecar.client.get("/healthz", headers={"Origin": "http://evil.example"})
+    refused = [e for e in sidecar.events() if e["event"] == "request.refused"]
+    assert len(refused) == 2 and refused[1]["unwritten_before"] == 4
 
 
 def test_host_allowlist_names_our_port_only() -> None:

@@ -7,19 +7,18 @@ absolute `Expiration`, so the same bytes stay correct until the next renewal.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
-from cachetools import TLRUCache
 
 from credsidecar.audit import AuditLog
 from credsidecar.cache import Cached, CredentialCache
 from credsidecar.clouds.aws import AwsCredentials
-from credsidecar.endpoints.guards import refusal, secrets_match
+from credsidecar.endpoints.guards import Guard, secrets_match
+from credsidecar.endpoints.session_tokens import SessionTokens
 from credsidecar.errors import Unavailable
 
 __all__ = ["CONTAINER_PATH", "AwsEndpoints"]
@@ -28,8 +27,6 @@ CONTAINER_PATH = "/v1/credentials/aws"
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"  # noqa: S105 - a header name
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 MAX_TOKEN_TTL = 21600  # IMDSv2's own limit (6 h)
-# Outstanding IMDSv2 session tokens kept; the oldest are dropped past this, bounding memory.
-MAX_IMDS_TOKENS = 4096
 _JSON = "application/json"
 
 
@@ -58,20 +55,18 @@ class AwsEndpoints:
         cache: CredentialCache[AwsCredentials],
         container_secret: str,
         audit: AuditLog,
+        guard: Guard,
         who: Mapping[str, str | None],
         mono: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
     ) -> None:
         self._cache = cache
         self._secret = container_secret
         self._audit = audit
+        self._guard = guard
         self._who = dict(who)
-        self._mono, self._wall = mono, wall
+        self._tokens = SessionTokens(mono)
         self._rendered: _Rendered | None = None
         self._served: set[tuple[int, str]] = set()
-        self._tokens: TLRUCache[str, float] = TLRUCache(
-            maxsize=MAX_IMDS_TOKENS, ttu=lambda _key, expiry, _now: expiry, timer=mono
-        )
 
     def routes(self) -> list[web.RouteDef]:
         imds = "/latest/meta-data/iam"
@@ -110,9 +105,11 @@ class AwsEndpoints:
         self._rendered = rendered
         return rendered
 
-    def _serve(self, request: web.Request, kind: str) -> web.Response:
+    def _serve(
+        self, request: web.Request, kind: str, entry_now: Callable[[], Cached[AwsCredentials]]
+    ) -> web.Response:
         try:
-            entry = self._cache.current_entry()
+            entry = entry_now()
         except Unavailable as exc:
             return _unavailable(exc)
         rendered = self._render(entry)
@@ -135,14 +132,13 @@ class AwsEndpoints:
     async def container(self, request: web.Request) -> web.Response:
         # The SDKs send the raw secret as the whole Authorization header value.
         if not secrets_match(request.headers.get("Authorization"), self._secret):
-            self._audit.event("request.refused", reason="missing or wrong authorization token",
-                              path=request.path, peer=request.remote)  # fmt: skip
-            return refusal(
+            return self._guard.refuse(
+                request,
                 401,
-                "credsidecar: missing or wrong Authorization; set "
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE) from `credsidecar env`",
+                "missing or wrong Authorization",
+                "; set AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE) from `credsidecar env`",
             )
-        return self._serve(request, "container")
+        return self._serve(request, "container", self._cache.current_entry)
 
     # IMDSv2 ------------------------------------------------------------------------------------
 
@@ -153,51 +149,31 @@ class AwsEndpoints:
             return web.Response(
                 status=400, text=f"{TOKEN_TTL_HEADER} must be an integer in 1..{MAX_TOKEN_TTL}"
             )
-        token = secrets.token_urlsafe(32)
-        self._tokens[token] = self._mono() + ttl
         # Go's SDK fails unless the TTL header is echoed.
-        return web.Response(text=token, headers={TOKEN_TTL_HEADER: str(ttl)})
+        return web.Response(text=self._tokens.issue(ttl), headers={TOKEN_TTL_HEADER: str(ttl)})
 
-    def _imds_denied(self, request: web.Request) -> web.Response | None:
-        token = request.headers.get(TOKEN_HEADER)
-        if token is not None and token in self._tokens:
-            return None
-        self._audit.event("request.refused", reason="missing or expired IMDSv2 token",
-                          path=request.path, peer=request.remote)  # fmt: skip
-        return web.Response(status=401, text="IMDSv2 session token missing or expired")
-
-    def _role_name(self) -> str | None:
+    def _imds_entry(self, request: web.Request) -> Cached[AwsCredentials] | web.Response:
+        """The entry to serve, or the refusal: a valid session token, then valid credentials."""
+        if not self._tokens.valid(request.headers.get(TOKEN_HEADER)):
+            return self._guard.refuse(request, 401, "missing or expired IMDSv2 session token")
         try:
-            return self._cache.current().role_name
-        except Unavailable:
-            return None
+            return self._cache.current_entry()
+        except Unavailable as exc:
+            return _unavailable(exc)
 
     async def imds_role_list(self, request: web.Request) -> web.Response:
-        denied = self._imds_denied(request)
-        if denied is not None:
-            return denied
-        role = self._role_name()
-        if role is None:
-            return _unavailable(self._cache_error())
-        return web.Response(text=role)  # no trailing newline: SDKs use the body as the name
-
-    def _cache_error(self) -> Unavailable:
-        try:
-            self._cache.current_entry()
-        except Unavailable as exc:
-            return exc
-        return Unavailable("credentials became available; retry")
+        entry = self._imds_entry(request)
+        if isinstance(entry, web.Response):
+            return entry
+        return web.Response(text=entry.value.role_name)  # no trailing newline: it is the name
 
     async def _imds_role(self, request: web.Request, kind: str) -> web.Response:
-        denied = self._imds_denied(request)
-        if denied is not None:
-            return denied
-        role = self._role_name()
-        if role is None:
-            return _unavailable(self._cache_error())
-        if request.match_info["role"] != role:
+        entry = self._imds_entry(request)
+        if isinstance(entry, web.Response):
+            return entry
+        if request.match_info["role"] != entry.value.role_name:
             return web.Response(status=404, text=f"no role {request.match_info['role']!r} here")
-        return self._serve(request, kind)
+        return self._serve(request, kind, lambda: entry)
 
     async def imds_credentials(self, request: web.Request) -> web.Response:
         return await self._imds_role(request, "imds")
@@ -206,13 +182,9 @@ class AwsEndpoints:
         return await self._imds_role(request, "imds_extended")
 
     async def imds_info(self, request: web.Request) -> web.Response:
-        denied = self._imds_denied(request)
-        if denied is not None:
-            return denied
-        try:
-            entry = self._cache.current_entry()
-        except Unavailable as exc:
-            return _unavailable(exc)
+        entry = self._imds_entry(request)
+        if isinstance(entry, web.Response):
+            return entry
         c = entry.value
         body = {"Code": "Success", "LastUpdated": _iso(c.expires_at - entry.lifetime),
                 "InstanceProfileArn": c.role_arn.replace(":role/", ":instance-profile/"),

@@ -1,0 +1,40 @@
+"""IMDSv2 session tokens: stateless, so no table to fill, evict or search.
+
+A token is `nonce.expiry.mac`, the expiry in milliseconds on this process's monotonic clock and
+the MAC an HMAC-SHA256 under a key that never leaves memory. Validity is one MAC comparison (in
+constant time) and one clock read; a flood of PUTs costs nothing and invalidates no one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+
+__all__ = ["SessionTokens"]
+
+
+class SessionTokens:
+    def __init__(self, mono: Callable[[], float] = time.monotonic) -> None:
+        self._key = secrets.token_bytes(32)
+        self._mono = mono
+
+    def _mac(self, body: str) -> str:
+        digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def issue(self, ttl_seconds: int) -> str:
+        body = f"{secrets.token_urlsafe(12)}.{int((self._mono() + ttl_seconds) * 1000)}"
+        return f"{body}.{self._mac(body)}"
+
+    def valid(self, token: str | None) -> bool:
+        if not token or len(token) > 200:
+            return False
+        body, _, mac = token.rpartition(".")
+        expiry = body.rpartition(".")[2]
+        if not expiry.isdigit() or not hmac.compare_digest(mac, self._mac(body)):
+            return False
+        return int(expiry) > self._mono() * 1000
