@@ -168,11 +168,22 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return asyncio.run(run_sandbox(args))
 
 
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed: the sidecar's request path is pure event-loop work."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from credsidecar.config import from_args
     from credsidecar.daemon import run_sidecar
 
-    return asyncio.run(run_sidecar(from_args(args)))
+    config = from_args(args)
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        return runner.run(run_sidecar(config))
 
 
 def _cmd_env(args: argparse.Namespace) -> int:

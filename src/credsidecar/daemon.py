@@ -215,7 +215,8 @@ async def run_sidecar(
             port = int(sock.getsockname()[1])
             hosts = allowed_hosts(port, ["169.254.169.254"] if config.link_local else [])
             guard = Guard(hosts, RefusalLog(audit), config.link_local)
-            endpoints = AwsEndpoints(cache, aws_secret, audit, guard, who)
+            role_name = settings.role_arn.rsplit("/", 1)[-1]
+            endpoints = AwsEndpoints(cache, aws_secret, audit, guard, role_name, who)
             app = create_sidecar_app(guard, endpoints, [cache])
             async with _serving(app, sock):
                 url = f"http://{config.host}:{port}"

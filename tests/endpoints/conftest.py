@@ -78,7 +78,8 @@ async def sidecar(aiohttp_client: Callable[..., Any]) -> Sidecar:
     port = free_port()
     refusal_mono = Mono()
     guard = Guard(allowed_hosts(port), RefusalLog(audit, mono=refusal_mono))
-    endpoints = AwsEndpoints(cache, SECRET, audit, guard, {"user": "alice", "run": "r1"}, mono=mono)
+    who = {"user": "alice", "run": "r1"}
+    endpoints = AwsEndpoints(cache, SECRET, audit, guard, "alice-data", who, mono=mono)
     app = create_sidecar_app(guard, endpoints, [cache])
     client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
     return Sidecar(client, cache, upstream, stream, mono, port, refusal_mono)

@@ -56,10 +56,12 @@ class AwsEndpoints:
         container_secret: str,
         audit: AuditLog,
         guard: Guard,
+        role_name: str,
         who: Mapping[str, str | None],
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cache = cache
+        self._role = role_name
         self._secret = container_secret
         self._audit = audit
         self._guard = guard
@@ -69,14 +71,16 @@ class AwsEndpoints:
         self._served: set[tuple[int, str]] = set()
 
     def routes(self) -> list[web.RouteDef]:
+        # The role is fixed for the sidecar's life, so its paths are static routes: aiohttp
+        # finds those with one dict lookup; any other role name gets its plain 404.
         imds = "/latest/meta-data/iam"
         return [
             web.get(CONTAINER_PATH, self.container),
             web.put("/latest/api/token", self.imds_token),
             web.get(f"{imds}/security-credentials/", self.imds_role_list),
             web.get(f"{imds}/security-credentials-extended/", self.imds_role_list),
-            web.get(f"{imds}/security-credentials/{{role}}", self.imds_credentials),
-            web.get(f"{imds}/security-credentials-extended/{{role}}", self.imds_extended),
+            web.get(f"{imds}/security-credentials/{self._role}", self.imds_credentials),
+            web.get(f"{imds}/security-credentials-extended/{self._role}", self.imds_extended),
             web.get(f"{imds}/info", self.imds_info),
         ]
 
@@ -165,14 +169,12 @@ class AwsEndpoints:
         entry = self._imds_entry(request)
         if isinstance(entry, web.Response):
             return entry
-        return web.Response(text=entry.value.role_name)  # no trailing newline: it is the name
+        return web.Response(text=self._role)  # no trailing newline: SDKs use it as the name
 
     async def _imds_role(self, request: web.Request, kind: str) -> web.Response:
         entry = self._imds_entry(request)
         if isinstance(entry, web.Response):
             return entry
-        if request.match_info["role"] != entry.value.role_name:
-            return web.Response(status=404, text=f"no role {request.match_info['role']!r} here")
         return self._serve(request, kind, lambda: entry)
 
     async def imds_credentials(self, request: web.Request) -> web.Response:

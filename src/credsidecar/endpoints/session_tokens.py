@@ -2,7 +2,9 @@
 
 A token is `nonce.expiry.mac`, the expiry in milliseconds on this process's monotonic clock and
 the MAC an HMAC-SHA256 under a key that never leaves memory. Validity is one MAC comparison (in
-constant time) and one clock read; a flood of PUTs costs nothing and invalidates no one.
+constant time) and one clock read; a flood of PUTs costs nothing and invalidates no one. Tokens
+already verified are remembered in a small LRU table so the hot path skips the HMAC; losing an
+entry there only means verifying that token again.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import secrets
 import time
 from collections.abc import Callable
 
+from cachetools import LRUCache
+
 __all__ = ["SessionTokens"]
+
+VERIFIED_TOKENS = 1024
 
 
 class SessionTokens:
     def __init__(self, mono: Callable[[], float] = time.monotonic) -> None:
         self._key = secrets.token_bytes(32)
         self._mono = mono
+        self._verified: LRUCache[str, int] = LRUCache(VERIFIED_TOKENS)
 
     def _mac(self, body: str) -> str:
         digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
@@ -33,8 +40,11 @@ class SessionTokens:
     def valid(self, token: str | None) -> bool:
         if not token or len(token) > 200:
             return False
-        body, _, mac = token.rpartition(".")
-        expiry = body.rpartition(".")[2]
-        if not expiry.isdigit() or not hmac.compare_digest(mac, self._mac(body)):
-            return False
-        return int(expiry) > self._mono() * 1000
+        expiry = self._verified.get(token)
+        if expiry is None:
+            body, _, mac = token.rpartition(".")
+            digits = body.rpartition(".")[2]
+            if not digits.isdigit() or not hmac.compare_digest(mac, self._mac(body)):
+                return False
+            expiry = self._verified[token] = int(digits)
+        return expiry > self._mono() * 1000
