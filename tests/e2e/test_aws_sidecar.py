@@ -6,12 +6,14 @@ environment `credsidecar env` prints, applied to a bare PATH/HOME environment.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +330,41 @@ def test_direct_mode_presents_a_token_file_written_by_someone_else(
         stop_process(proc)
     assert "assumed-role/alice-data/direct" in result["caller"]
     assert (result["write_own"], result["list_other"]) == ("ok", "AccessDenied")
+
+
+def _status(method: str, url: str, headers: dict[str, str]) -> int:
+    """One raw HTTP request; http.client lets a test set Host freely."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.putrequest(method, parts.path, skip_host=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_every_guard_on_the_running_daemon(alice: SidecarProcess) -> None:
+    container = alice.env["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+    imds = alice.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
+    host = {"Host": urllib.parse.urlsplit(imds).netloc}
+    secret = {"Authorization": alice.env["AWS_CONTAINER_AUTHORIZATION_TOKEN"]}
+    assert _status("GET", container, {**host, **secret}) == 200
+    assert _status("GET", container, host) == 401
+    assert _status("GET", container, {**host, "Authorization": "guess"}) == 401
+    assert _status("GET", container, {**host, **secret, "X-Forwarded-For": "10.0.0.9"}) == 403
+    assert _status("GET", container, {**secret, "Host": "attacker.example"}) == 403
+    assert _status("GET", container, {**host, **secret, "Origin": "http://a.example"}) == 403
+    token_url = f"{imds}/latest/api/token"
+    ttl = "X-aws-ec2-metadata-token-ttl-seconds"
+    assert _status("PUT", token_url, {**host, ttl: "0"}) == 400
+    assert _status("PUT", token_url, {**host, ttl: "21601"}) == 400
+    assert _status("PUT", token_url, {**host, ttl: "60", "X-Forwarded-For": "1.2.3.4"}) == 403
+    creds = f"{imds}/latest/meta-data/iam/security-credentials/alice-data"
+    assert _status("GET", creds, host) == 401
+    assert _status("GET", creds, {**host, "X-aws-ec2-metadata-token": "forged.1.x"}) == 401
+    reasons = {e["reason"] for e in alice.audit_events("request.refused")}
+    assert {"missing or wrong Authorization", "missing or expired IMDSv2 session token",
+            "unexpected Host header (possible DNS rebinding)"} <= reasons  # fmt: skip
