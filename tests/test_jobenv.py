@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import stat
 from pathlib import Path
 
+import aiohttp
+
+from credsidecar.audit import AuditLog
+from credsidecar.clouds.federation import DirectToken
 from credsidecar.config import SidecarConfig
 from credsidecar.daemon import job_environment
+from credsidecar.endpoints.guards import RefusalLog
 from credsidecar.jobenv import AWS_UNSET, render, write_private_atomic
+from credsidecar.launch import StaticTokenSource
+from credsidecar.providers import Context, build_aws
 from tests.e2e.processes import apply_shell_env
 
 
@@ -17,15 +26,39 @@ def test_render_quotes_values_for_the_shell() -> None:
     assert env["A"] == "it's $HOME `x`" and "B" not in env
 
 
-def test_job_environment_exports_both_aws_paths_and_unsets_static_keys(tmp_path: Path) -> None:
-    config = SidecarConfig(token_file=tmp_path / "t", aws_region="eu-west-1", run_dir=tmp_path)
-    text = job_environment(config, "http://127.0.0.1:9", "s3cr3t", tmp_path / "secret")
+async def aws_env(
+    tmp_path: Path, start: dict[str, str] | None = None, **config: object
+) -> dict[str, str]:
+    """The job environment `build_aws` contributes, applied in a real shell."""
+    settings = SidecarConfig(
+        direct_token_file=tmp_path / "t",
+        aws_role_arn="arn:aws:iam::123456789012:role/alice-data",
+        run_dir=tmp_path,
+        **config,  # type: ignore[arg-type]
+    )
+    async with aiohttp.ClientSession() as session:
+        audit = AuditLog(io.StringIO())
+        supplier = DirectToken(StaticTokenSource("a.b.c"))
+        who: dict[str, str | None] = {"user": "direct", "run": None}
+        url = "http://127.0.0.1:9"
+        ctx = Context(settings, None, supplier, session, audit, who, url, frozenset(),
+                      RefusalLog(audit))  # fmt: skip
+        provider = await build_aws(ctx)
+    assert provider is not None
+    text = job_environment([provider])
+    return await asyncio.to_thread(apply_shell_env, text, start)
+
+
+async def test_aws_job_environment_exports_both_paths_and_unsets_static_keys(
+    tmp_path: Path,
+) -> None:
     start = {"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "AKIASTATIC", "AWS_PROFILE": "p",
              "AWS_ENDPOINT_URL": "http://elsewhere"}  # fmt: skip
-    env = apply_shell_env(text, start)
+    env = await aws_env(tmp_path, start, aws_region="eu-west-1")
+    secret = (tmp_path / "aws-container-token").read_text()
     assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == "http://127.0.0.1:9/v1/credentials/aws"
-    assert env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] == "s3cr3t"
-    assert env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] == str(tmp_path / "secret")
+    assert env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] == secret
+    assert env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] == str(tmp_path / "aws-container-token")
     assert env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == "http://127.0.0.1:9"  # no trailing slash
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["AWS_SHARED_CREDENTIALS_FILE"] == env["AWS_CONFIG_FILE"] == "/dev/null"
@@ -33,10 +66,8 @@ def test_job_environment_exports_both_aws_paths_and_unsets_static_keys(tmp_path:
     assert set(AWS_UNSET).isdisjoint(env)
 
 
-def test_sandbox_endpoint_url_is_exported_when_configured(tmp_path: Path) -> None:
-    config = SidecarConfig(token_file=tmp_path / "t", aws_endpoint_url="http://127.0.0.1:5",
-                           keep_aws_config=True, run_dir=tmp_path)  # fmt: skip
-    env = apply_shell_env(job_environment(config, "http://127.0.0.1:9", "s", tmp_path / "s"))
+async def test_sandbox_endpoint_url_is_exported_when_configured(tmp_path: Path) -> None:
+    env = await aws_env(tmp_path, aws_endpoint_url="http://127.0.0.1:5", keep_aws_config=True)
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:5"
     assert "AWS_CONFIG_FILE" not in env
 

@@ -205,3 +205,75 @@ class CredentialCache(Generic[T]):
             except Exception:  # a bug must not end renewals for good
                 log.exception("unexpected error renewing %s", self.name)
                 await self._sleep(BACKOFF_MAX)
+
+
+K = TypeVar("K")
+
+# A family holds at most this many caches (scope sets, audiences): a client asking for
+# ever-new keys cannot make the sidecar hold or renew unbounded credentials.
+MAX_FAMILY = 32
+
+
+class CacheFamily(Generic[K, T]):
+    """One `CredentialCache` per key (a scope set, an audience), started on first use.
+
+    The first request for a new key waits for its first fetch (shared by every concurrent
+    request for that key); after that it is answered from memory and renewed in the background.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fetch: Callable[[K], Awaitable[T]],
+        give_up_after: float,
+        on_new: Callable[[K, T], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._fetch = fetch
+        self._give_up_after = give_up_after
+        self._on_new = on_new
+        self._caches: dict[K, CredentialCache[T]] = {}
+        self._starting: dict[K, asyncio.Task[None]] = {}
+
+    def _make(self, key: K) -> CredentialCache[T]:
+        on_new = self._on_new
+        return CredentialCache(
+            f"{self.name} [{key}]",
+            lambda: self._fetch(key),
+            on_new=(lambda value: on_new(key, value)) if on_new is not None else None,
+        )
+
+    async def get(self, key: K) -> Cached[T]:
+        cache = self._caches.get(key)
+        if cache is None:
+            if len(self._caches) >= MAX_FAMILY:
+                raise Unavailable(
+                    f"{self.name}: more than {MAX_FAMILY} distinct requests are being kept "
+                    "fresh; reuse scope sets or audiences"
+                )
+            cache = self._caches[key] = self._make(key)
+            self._starting[key] = asyncio.create_task(cache.start(self._give_up_after))
+        starting = self._starting.get(key)
+        if starting is not None:
+            try:
+                await asyncio.shield(starting)
+            except CredsidecarError:
+                # A failed start is forgotten, so the next request tries again.
+                self._caches.pop(key, None)
+                raise
+            finally:
+                if starting.done():
+                    self._starting.pop(key, None)
+        return cache.current_entry()
+
+    def current(self, key: K) -> Cached[T]:
+        cache = self._caches.get(key)
+        if cache is None:
+            raise Unavailable(f"{self.name} [{key}]: not requested yet")
+        return cache.current_entry()
+
+    async def close(self) -> None:
+        for task in self._starting.values():
+            task.cancel()
+        for cache in self._caches.values():
+            await cache.close()

@@ -7,10 +7,11 @@ import argparse
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from credsidecar.clouds.aws import DEFAULT_DURATION
+from credsidecar.clouds.gcp import IAM_URL, STS_URL
 from credsidecar.errors import ConfigError
 
 __all__ = ["SidecarConfig", "add_sidecar_arguments", "default_run_dir"]
@@ -49,6 +50,15 @@ class SidecarConfig:
     audit_log: str | None = None
     ready_timeout: float = 120.0
     keep_aws_config: bool = False
+    # Clouds to serve; None serves every cloud the launch token carries an identity for.
+    clouds: frozenset[str] | None = None
+    gcp_identity: str | None = None
+    gcp_project_id: str | None = None
+    gcp_sts_url: str = STS_URL
+    gcp_iam_url: str = IAM_URL
+    gcp_lifetime: int = 3600
+    # Extra variables for the job, e.g. the sandbox's storage endpoint.
+    gcp_exports: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sources = [self.token_file, self.token_env, self.token_stdin or None,
@@ -64,6 +74,11 @@ class SidecarConfig:
             raise ConfigError(
                 f"--aws-duration must be {MIN_DURATION}..{MAX_DURATION} s (AWS itself needs 900+)"
             )
+        unknown = (self.clouds or frozenset()) - {"aws", "gcp"}
+        if unknown:
+            raise ConfigError(f"--clouds: unknown cloud(s) {sorted(unknown)}; use aws, gcp")
+        if not MIN_DURATION <= self.gcp_lifetime <= MAX_DURATION:
+            raise ConfigError(f"--gcp-lifetime must be {MIN_DURATION}..{MAX_DURATION} s")
         if not 0 <= self.port <= 65535:
             raise ConfigError("--port must be 0..65535 (0 picks a free port)")
         if self.host not in ("127.0.0.1", "::1") and not self.link_local:
@@ -106,6 +121,13 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str
         default=_env(env, "ISSUER_URL"),
         help="issuer to exchange at (default: the launch token's iss)",
     )
+    src.add_argument(
+        "--clouds",
+        default=_env(env, "CLOUDS"),
+        metavar="LIST",
+        help="comma-separated clouds to serve, e.g. aws,gcp (default: every cloud "
+        "the launch token carries an identity for)",
+    )
     aws = parser.add_argument_group("AWS")
     aws.add_argument(
         "--aws-role-arn",
@@ -143,6 +165,32 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str
         "--keep-aws-config",
         action="store_true",
         help="do not point AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE at /dev/null",
+    )
+    gcp = parser.add_argument_group("GCP")
+    gcp.add_argument(
+        "--gcp-identity",
+        default=_env(env, "GCP_IDENTITY"),
+        help="name of a granted GCP identity other than the launch's default",
+    )
+    gcp.add_argument("--gcp-project-id", default=_env(env, "GCP_PROJECT_ID"))
+    gcp.add_argument("--gcp-sts-url", default=_env(env, "GCP_STS_URL", STS_URL))
+    gcp.add_argument(
+        "--gcp-iam-url",
+        default=_env(env, "GCP_IAM_URL", IAM_URL),
+        help="IAM Credentials API base URL",
+    )
+    gcp.add_argument(
+        "--gcp-lifetime",
+        type=int,
+        default=int(_env(env, "GCP_LIFETIME", "3600") or 3600),
+        help="service account access token lifetime in seconds (default 3600)",
+    )
+    gcp.add_argument(
+        "--gcp-export",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra variable for the job when GCP is served (the sandbox's storage)",
     )
     srv = parser.add_argument_group("serving")
     srv.add_argument("--host", default=_env(env, "HOST", "127.0.0.1"))
@@ -209,4 +257,13 @@ def from_args(args: argparse.Namespace) -> SidecarConfig:
         audit_log=args.audit_log,
         ready_timeout=args.ready_timeout,
         keep_aws_config=args.keep_aws_config,
+        clouds=frozenset(c.strip() for c in args.clouds.split(",") if c.strip())
+        if args.clouds
+        else None,
+        gcp_identity=args.gcp_identity,
+        gcp_project_id=args.gcp_project_id,
+        gcp_sts_url=args.gcp_sts_url,
+        gcp_iam_url=args.gcp_iam_url,
+        gcp_lifetime=args.gcp_lifetime,
+        gcp_exports=dict(item.split("=", 1) for item in args.gcp_export if "=" in item),
     )

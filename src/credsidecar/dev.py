@@ -99,6 +99,7 @@ async def run_dev(args: argparse.Namespace) -> int:
                 env_file = Path.cwd() / env_file
             sidecar_config = SidecarConfig(
                 token_file=token_file,
+                clouds=frozenset({"aws"}),
                 aws_sts_endpoint=sandbox.sts_url,
                 aws_endpoint_url=sandbox.moto.url,
                 aws_duration=args.aws_duration,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from credsidecar.cache import CredentialCache
-from credsidecar.endpoints.aws import AwsEndpoints
 from credsidecar.endpoints.guards import Guard
 from credsidecar.errors import Unavailable
+
+if TYPE_CHECKING:
+    from credsidecar.providers import Provider
 
 __all__ = ["create_sidecar_app"]
 
@@ -17,15 +19,15 @@ __all__ = ["create_sidecar_app"]
 MAX_REQUEST_BYTES = 4096
 
 
-def _health_routes(caches: Sequence[CredentialCache]) -> list[web.RouteDef]:  # type: ignore[type-arg]
+def _health_routes(checks: Sequence[Callable[[], object]]) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
         problems = []
-        for cache in caches:
+        for check in checks:
             try:
-                cache.current_entry()
+                check()
             except Unavailable as exc:
                 problems.append(exc.message)
         if problems:
@@ -39,14 +41,10 @@ def _health_routes(caches: Sequence[CredentialCache]) -> list[web.RouteDef]:  # 
     return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
 
 
-def create_sidecar_app(
-    guard: Guard,
-    aws: AwsEndpoints | None,
-    caches: Sequence[CredentialCache],  # type: ignore[type-arg]
-) -> web.Application:
-    """Every route, health checks included, is registered through the guard."""
+def create_sidecar_app(guard: Guard, providers: Sequence[Provider]) -> web.Application:
+    """Every route, health checks included, is registered through a guard."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-    app.add_routes(guard.routes(_health_routes(caches)))
-    if aws is not None:
-        app.add_routes(guard.routes(aws.routes()))
+    app.add_routes(guard.routes(_health_routes([p.ready for p in providers])))
+    for provider in providers:
+        app.add_routes(provider.routes)  # each provider's routes come guarded
     return app

@@ -166,7 +166,7 @@ class SidecarProcess:
         self.proc = start(
             ["serve", "--token-file", str(self.token_file), "--run-dir", str(self.run_dir),
              "--aws-sts-endpoint", sandbox.sts, "--aws-endpoint-url", sandbox.s3,
-             "--audit-log", str(self.audit), *extra],
+             "--audit-log", str(self.audit), "--clouds", "aws", *extra],
             self.log,
         )  # fmt: skip
         self.env: dict[str, str] = {}

@@ -318,7 +318,7 @@ def test_direct_mode_presents_a_token_file_written_by_someone_else(
     proc = start(
         ["serve", "--direct-token-file", str(token_file), "--run-dir", str(run_dir),
          "--aws-role-arn", "arn:aws:iam::123456789012:role/alice-data",
-         "--aws-sts-endpoint", sandbox.sts, "--aws-endpoint-url", sandbox.s3],
+         "--aws-sts-endpoint", sandbox.sts, "--aws-endpoint-url", sandbox.s3, "--clouds", "aws"],
         log,
     )  # fmt: skip
     try:

@@ -18,6 +18,7 @@ from credsidecar.clouds.aws import AwsCredentials
 from credsidecar.endpoints.aws import AwsEndpoints
 from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.issuer.example import free_port
+from credsidecar.providers import Provider
 from credsidecar.server import create_sidecar_app
 
 SECRET = "container-secret-for-tests"
@@ -80,6 +81,16 @@ async def sidecar(aiohttp_client: Callable[..., Any]) -> Sidecar:
     guard = Guard(allowed_hosts(port), RefusalLog(audit, mono=refusal_mono))
     who = {"user": "alice", "run": "r1"}
     endpoints = AwsEndpoints(cache, SECRET, audit, guard, "alice-data", who, mono=mono)
-    app = create_sidecar_app(guard, endpoints, [cache])
+    provider = Provider(
+        name="aws",
+        description="test",
+        routes=guard.routes(endpoints.routes()),
+        exports={},
+        unsets=[],
+        start=lambda: cache.start(10),
+        ready=cache.current_entry,
+        close=cache.close,
+    )
+    app = create_sidecar_app(guard, [provider])
     client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
     return Sidecar(client, cache, upstream, stream, mono, port, refusal_mono)

@@ -1,0 +1,210 @@
+"""The GCE metadata server contract, as google-auth, the Google Cloud client libraries and gcloud
+read it (DESIGN.md, GCP): `GET /` answers the ping; everything under /computeMetadata/v1/ needs
+`Metadata-Flavor: Google`; every response, errors included, carries that header back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from credsidecar.audit import AuditLog
+from credsidecar.cache import Cached, CacheFamily
+from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpIdToken, GcpToken
+from credsidecar.errors import CredsidecarError, Unavailable
+
+__all__ = ["FLAVOR", "GcpEndpoints", "add_flavor"]
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+FLAVOR = {"Metadata-Flavor": "Google"}
+V1 = "/computeMetadata/v1"
+UNIVERSE = "googleapis.com"
+
+
+def add_flavor(response: web.StreamResponse) -> None:
+    response.headers.update(FLAVOR)
+
+
+def _text(body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, headers=FLAVOR, content_type="application/text")
+
+
+def _json(body: object) -> web.Response:
+    return web.json_response(body, headers=FLAVOR)
+
+
+def _error(exc: CredsidecarError) -> web.Response:
+    status = exc.status if exc.status < 500 else 503
+    headers = dict(FLAVOR)
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    return web.json_response(exc.to_json(), status=status, headers=headers)
+
+
+class GcpEndpoints:
+    def __init__(
+        self,
+        tokens: CacheFamily[tuple[str, ...], GcpToken],
+        id_tokens: CacheFamily[str, GcpIdToken],
+        email: str,
+        project_id: str | None,
+        project_number: str | None,
+        audit: AuditLog,
+        who: Mapping[str, str | None],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._tokens = tokens
+        self._id_tokens = id_tokens
+        self._email = email
+        self._project_id = project_id
+        self._project_number = project_number
+        self._audit = audit
+        self._who = dict(who)
+        self._wall = wall
+        self._served: set[tuple[str, float]] = set()
+
+    def routes(self) -> list[web.RouteDef]:
+        sa = f"{V1}/instance/service-accounts/{{account}}"
+        return [
+            web.get("/", self.ping),
+            web.get(f"{V1}/", self.listing("instance/\nproject/\nuniverse/\n")),
+            web.get(f"{V1}/instance/", self.listing("service-accounts/\n")),
+            web.get(f"{V1}/instance/service-accounts/", self.accounts),
+            web.get(f"{sa}/", self.account),
+            web.get(f"{sa}/email", self.account_field("email")),
+            web.get(f"{sa}/aliases", self.account_field("aliases")),
+            web.get(f"{sa}/scopes", self.account_field("scopes")),
+            web.get(f"{sa}/token", self.token),
+            web.get(f"{sa}/identity", self.identity),
+            web.get(f"{V1}/project/", self.listing("numeric-project-id\nproject-id\n")),
+            web.get(f"{V1}/project/project-id", self.project("id")),
+            web.get(f"{V1}/project/numeric-project-id", self.project("number")),
+            web.get(f"{V1}/universe/universe-domain", self.universe),
+            # Directories without their slash redirect, as the real server does.
+            web.get(V1, self.redirect),
+            web.get(f"{V1}/instance", self.redirect),
+            web.get(f"{V1}/instance/service-accounts", self.redirect),
+            web.get(sa, self.redirect),
+            web.get(f"{V1}/project", self.redirect),
+            web.get(f"{V1}/{{tail:.*}}", self.not_found),
+        ]
+
+    # helpers ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _flavor_missing(request: web.Request) -> web.Response | None:
+        if request.headers.get("Metadata-Flavor") == "Google":
+            return None
+        return _text("Missing required header: Metadata-Flavor: Google\n", 403)
+
+    def _account_ok(self, request: web.Request) -> bool:
+        return request.match_info.get("account") in ("default", self._email)
+
+    async def _checked(
+        self, request: web.Request, handler: Callable[[], web.Response]
+    ) -> web.Response:
+        missing = self._flavor_missing(request)
+        if missing is not None:
+            return missing
+        if "account" in request.match_info and not self._account_ok(request):
+            return _text(f"no service account {request.match_info['account']!r} here\n", 404)
+        return handler()
+
+    # handlers -----------------------------------------------------------------------------------
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return _text("")
+
+    def listing(self, body: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            return await self._checked(request, lambda: _text(body))
+
+        return handler
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        missing = self._flavor_missing(request)
+        if missing is not None:
+            return missing
+        location = request.path + "/" + (f"?{request.query_string}" if request.query_string else "")
+        return web.Response(status=301, headers={**FLAVOR, "Location": location})
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return await self._checked(request, lambda: _text("Not found\n", 404))
+
+    async def accounts(self, request: web.Request) -> web.Response:
+        return await self._checked(request, lambda: _text(f"default/\n{self._email}/\n"))
+
+    def _info(self) -> dict[str, object]:
+        return {"aliases": ["default"], "email": self._email, "scopes": [CLOUD_PLATFORM]}
+
+    async def account(self, request: web.Request) -> web.Response:
+        if request.query.get("recursive", "").lower() == "true":
+            return await self._checked(request, lambda: _json(self._info()))
+        return await self._checked(
+            request, lambda: _text("aliases\nemail\nidentity\nscopes\ntoken\n")
+        )
+
+    def account_field(self, field: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            value = self._info()[field]
+            text = "\n".join(value) + "\n" if isinstance(value, list) else str(value)
+            return await self._checked(request, lambda: _text(text))
+
+        return handler
+
+    def project(self, which: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            value = self._project_id if which == "id" else self._project_number
+            if value is None:
+                return await self._checked(request, lambda: _text("Not found\n", 404))
+            return await self._checked(request, lambda: _text(value))
+
+        return handler
+
+    async def universe(self, request: web.Request) -> web.Response:
+        return await self._checked(request, lambda: _text(UNIVERSE))
+
+    def _audit_served(self, kind: str, key: str, entry: Cached[GcpToken] | Cached[GcpIdToken],
+                      path: str) -> None:  # fmt: skip
+        marker = (f"{kind}:{key}", entry.wall_expiry)
+        if marker not in self._served:
+            self._served.add(marker)
+            self._audit.event("credentials.served", **self._who, provider="gcp",
+                              identity=self._email, kind=kind, key=key,
+                              expiry=int(entry.wall_expiry), path=path)  # fmt: skip
+
+    async def token(self, request: web.Request) -> web.Response:
+        checked = await self._checked(request, lambda: _text(""))
+        if checked.status != 200:
+            return checked
+        raw = request.query.get("scopes", "")
+        scopes = tuple(sorted({s for s in raw.replace(" ", ",").split(",") if s})) or (
+            CLOUD_PLATFORM,
+        )
+        try:
+            entry = await self._tokens.get(scopes)
+        except CredsidecarError as exc:
+            return _error(exc)
+        self._audit_served("access_token", ",".join(scopes), entry, request.path)
+        # Lifetimes are computed at response time; google-auth reads expires_in as an integer.
+        expires_in = max(0, int(entry.wall_expiry - self._wall()))
+        body = {"access_token": entry.value.access_token, "expires_in": expires_in,
+                "token_type": "Bearer"}  # fmt: skip
+        return _json(body)
+
+    async def identity(self, request: web.Request) -> web.Response:
+        checked = await self._checked(request, lambda: _text(""))
+        if checked.status != 200:
+            return checked
+        audience = request.query.get("audience", "")
+        if not audience:
+            return _text("audience is required: identity?audience=...\n", 400)
+        try:
+            entry = await self._id_tokens.get(audience)
+        except CredsidecarError as exc:
+            return _error(exc)
+        self._audit_served("id_token", audience, entry, request.path)
+        return _text(entry.value.token)

@@ -1,0 +1,228 @@
+"""Per-cloud assembly for the sidecar: exchanger -> cache -> endpoints, plus the job variables.
+
+Each builder returns a `Provider` bundle; the daemon starts them, serves their routes behind the
+guard and writes their variables into the job environment. A cloud without an identity in the
+launch token (and no override flag) is simply absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from credsidecar.audit import AuditLog
+from credsidecar.cache import CacheFamily, CredentialCache
+from credsidecar.clouds.aws import AwsCredentials, AwsExchanger, AwsSettings, role_session_name
+from credsidecar.clouds.federation import TokenSupplier
+from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpExchanger, GcpIdToken, GcpSettings, GcpToken
+from credsidecar.config import SidecarConfig
+from credsidecar.endpoints.aws import CONTAINER_PATH, AwsEndpoints
+from credsidecar.endpoints.gcp import GcpEndpoints, add_flavor
+from credsidecar.endpoints.guards import Guard, RefusalLog
+from credsidecar.errors import ConfigError
+from credsidecar.jobenv import AWS_UNSET, GCP_UNSET, write_private_atomic
+from credsidecar.launch import LaunchClaims
+
+__all__ = ["Context", "Provider", "build_aws", "build_gcp"]
+
+log = logging.getLogger(__name__)
+
+AWS_TOKEN_FILE_NAME = "aws-container-token"  # noqa: S105 - a file name
+
+
+@dataclass
+class Context:
+    config: SidecarConfig
+    claims: LaunchClaims | None
+    supplier: TokenSupplier
+    session: aiohttp.ClientSession
+    audit: AuditLog
+    who: dict[str, str | None]
+    url: str
+    hosts: frozenset[str]
+    refusals: RefusalLog
+
+    @property
+    def who_text(self) -> str:
+        return self.claims.who if self.claims else "the direct token"
+
+
+@dataclass
+class Provider:
+    name: str
+    description: str
+    routes: list[web.RouteDef]
+    exports: dict[str, str]
+    unsets: list[str]
+    start: Callable[[], Awaitable[None]]
+    ready: Callable[[], object]  # raises Unavailable while not ready
+    close: Callable[[], Awaitable[None]]
+    private_files: list[Path] = field(default_factory=list)
+
+
+def _descriptor(ctx: Context, provider: str, name: str | None) -> dict[str, object] | None:
+    if ctx.claims is None:
+        return None
+    found = ctx.claims.identity(provider, name)
+    if name and found is None:
+        names = [d.get("name") for d in ctx.claims.identities.get(provider, [])]
+        raise ConfigError(
+            f"{provider} identity {name!r} is not in the launch token of {ctx.claims.who} "
+            f"(it carries {names or 'none'})"
+        )
+    return dict(found) if found else None
+
+
+async def build_aws(ctx: Context) -> Provider | None:
+    config = ctx.config
+    descriptor = _descriptor(ctx, "aws", config.aws_identity) or {}
+    role = config.aws_role_arn or descriptor.get("role_arn")
+    if not role:
+        return None
+    user = ctx.claims.user if ctx.claims else "direct"
+    settings = AwsSettings(
+        role_arn=str(role),
+        audience=config.aws_audience or str(descriptor.get("audience", "sts.amazonaws.com")),
+        identity_name=str(descriptor["name"]) if "name" in descriptor else None,
+        session_name=role_session_name(user, ctx.claims.run if ctx.claims else None),
+        duration=config.aws_duration,
+        region=config.aws_region,
+        sts_endpoint=config.aws_sts_endpoint,
+        session_policy=str(descriptor["session_policy"])
+        if "session_policy" in descriptor
+        else None,
+    )
+    # boto3 reads files while creating a client: off the event loop.
+    exchanger = await asyncio.to_thread(AwsExchanger, settings, ctx.supplier, ctx.who_text)
+
+    def obtained(creds: AwsCredentials) -> None:
+        ctx.audit.event("credentials.obtained", **ctx.who, provider="aws", role=creds.role_arn,
+                        access_key_id=creds.access_key_id, expiry=int(creds.expires_at),
+                        session=settings.session_name)  # fmt: skip
+        log.info("AWS credentials %s for %s valid until %d", creds.access_key_id,
+                 exchanger.description, int(creds.expires_at))  # fmt: skip
+
+    cache: CredentialCache[AwsCredentials] = CredentialCache(
+        f"AWS ({exchanger.description})", exchanger.fetch, on_new=obtained
+    )
+    secret = secrets.token_urlsafe(32)
+    secret_file = config.run_dir / AWS_TOKEN_FILE_NAME
+    # No newline: botocore sends the file's bytes as the header value.
+    await asyncio.to_thread(write_private_atomic, secret_file, secret)
+    guard = Guard(ctx.hosts, ctx.refusals, config.link_local)
+    role_name = settings.role_arn.rsplit("/", 1)[-1]
+    endpoints = AwsEndpoints(cache, secret, ctx.audit, guard, role_name, ctx.who)
+    exports = {
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{ctx.url}{CONTAINER_PATH}",
+        # Java reads the variable, botocore/Go/JS prefer the file: both hold the secret.
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN": secret,
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(secret_file),
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": ctx.url,  # no trailing slash
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv4",
+        "AWS_REGION": config.aws_region,
+        "AWS_DEFAULT_REGION": config.aws_region,
+    }
+    unsets = list(AWS_UNSET)
+    if not config.keep_aws_config:
+        exports["AWS_CONFIG_FILE"] = os.devnull
+        exports["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    if config.aws_endpoint_url:
+        exports["AWS_ENDPOINT_URL"] = config.aws_endpoint_url
+    else:
+        unsets.append("AWS_ENDPOINT_URL")
+    return Provider(
+        name="aws",
+        description=exchanger.description,
+        routes=guard.routes(endpoints.routes()),
+        exports=exports,
+        unsets=unsets,
+        start=lambda: cache.start(config.ready_timeout),
+        ready=cache.current_entry,
+        close=cache.close,
+        private_files=[secret_file],
+    )
+
+
+async def build_gcp(ctx: Context) -> Provider | None:
+    config = ctx.config
+    descriptor = _descriptor(ctx, "gcp", config.gcp_identity)
+    if descriptor is None:
+        return None
+
+    def text(key: str) -> str | None:
+        value = descriptor.get(key)
+        return str(value) if value else None
+
+    settings = GcpSettings(
+        audience=str(descriptor["audience"]),
+        identity_name=text("name"),
+        service_account=text("service_account"),
+        project_id=config.gcp_project_id or text("project_id"),
+        project_number=text("project_number"),
+        sts_url=config.gcp_sts_url,
+        iam_url=config.gcp_iam_url,
+        lifetime=config.gcp_lifetime,
+    )
+    exchanger = GcpExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
+
+    def obtained(kind: str) -> Callable[[object, GcpToken | GcpIdToken], None]:
+        def record(key: object, value: GcpToken | GcpIdToken) -> None:
+            ctx.audit.event("credentials.obtained", **ctx.who, provider="gcp", kind=kind,
+                            identity=settings.service_account or settings.audience,
+                            key=str(key), expiry=int(value.expires_at))  # fmt: skip
+
+        return record
+
+    tokens: CacheFamily[tuple[str, ...], GcpToken] = CacheFamily(
+        f"GCP ({exchanger.description})", exchanger.access_token, config.ready_timeout,
+        on_new=obtained("access_token"),
+    )  # fmt: skip
+    id_tokens: CacheFamily[str, GcpIdToken] = CacheFamily(
+        f"GCP ID tokens ({exchanger.description})", exchanger.id_token, config.ready_timeout,
+        on_new=obtained("id_token"),
+    )  # fmt: skip
+    principal = settings.service_account or f"{settings.identity_name}@federated.invalid"
+    endpoints = GcpEndpoints(tokens, id_tokens, principal, settings.project_id,
+                             settings.project_number, ctx.audit, ctx.who)  # fmt: skip
+    guard = Guard(ctx.hosts, ctx.refusals, config.link_local, decorate=add_flavor)
+    gcloud_dir = config.run_dir / "gcloud"
+    await asyncio.to_thread(gcloud_dir.mkdir, mode=0o700, exist_ok=True)
+    host = ctx.url.removeprefix("http://")
+    exports = {
+        "GCE_METADATA_HOST": host,
+        "GCE_METADATA_IP": host,  # Node reads the IP first; Python pings the IP
+        "METADATA_SERVER_DETECTION": "assume-present",
+        # An ADC file in the node's gcloud config would win over the metadata server.
+        "CLOUDSDK_CONFIG": str(gcloud_dir),
+    }
+    if settings.project_id:
+        exports["GOOGLE_CLOUD_PROJECT"] = settings.project_id
+    exports.update(config.gcp_exports)
+
+    async def close() -> None:
+        await tokens.close()
+        await id_tokens.close()
+
+    default = (CLOUD_PLATFORM,)
+
+    async def start() -> None:
+        await tokens.get(default)
+
+    return Provider(
+        name="gcp",
+        description=exchanger.description,
+        routes=guard.routes(endpoints.routes()),
+        exports=exports,
+        unsets=list(GCP_UNSET),
+        start=start,
+        ready=lambda: tokens.current(default),
+        close=close,
+    )
