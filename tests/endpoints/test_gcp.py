@@ -1,0 +1,142 @@
+"""The GCE metadata server contract over real HTTP, with a fake exchanger behind the caches."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from credsidecar.audit import AuditLog
+from credsidecar.cache import CacheFamily
+from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpIdToken, GcpToken
+from credsidecar.endpoints.gcp import GcpEndpoints, add_flavor
+from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
+from credsidecar.errors import Forbidden
+from credsidecar.issuer.example import free_port
+
+SA = "alice@sandbox-project.iam.gserviceaccount.com"
+V1 = "/computeMetadata/v1"
+FLAVOR = {"Metadata-Flavor": "Google"}
+
+
+@dataclass
+class FakeGcp:
+    token_requests: list[tuple[str, ...]] = field(default_factory=list)
+    error: Exception | None = None
+
+    async def access_token(self, scopes: tuple[str, ...]) -> GcpToken:
+        self.token_requests.append(scopes)
+        if self.error:
+            raise self.error
+        return GcpToken(f"ya29.{len(self.token_requests)}", time.time() + 3600, scopes)
+
+    async def id_token(self, audience: str) -> GcpIdToken:
+        return GcpIdToken(f"id-token-for-{audience}", time.time() + 3600, audience)
+
+
+@pytest.fixture
+def fake() -> FakeGcp:
+    return FakeGcp()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Callable[..., Any], fake: FakeGcp) -> TestClient:
+    audit = AuditLog(io.StringIO())
+    tokens: CacheFamily[tuple[str, ...], GcpToken] = CacheFamily("GCP", fake.access_token, 5)
+    ids: CacheFamily[str, GcpIdToken] = CacheFamily("GCP ID", fake.id_token, 5)
+    endpoints = GcpEndpoints(tokens, ids, SA, "sandbox-project", "123456", audit,
+                             {"user": "alice", "run": "r1"})  # fmt: skip
+    port = free_port()
+    guard = Guard(allowed_hosts(port), RefusalLog(audit), decorate=add_flavor)
+    app = web.Application()
+    app.add_routes(guard.routes(endpoints.routes()))
+    return await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
+
+
+async def test_ping_answers_without_the_flavor_header(client: TestClient) -> None:
+    resp = await client.get("/")
+    assert resp.status == 200 and resp.headers["Metadata-Flavor"] == "Google"
+
+
+async def test_metadata_needs_the_flavor_header_and_echoes_it_on_errors(
+    client: TestClient,
+) -> None:
+    resp = await client.get(f"{V1}/instance/service-accounts/default/token")
+    assert resp.status == 403 and resp.headers["Metadata-Flavor"] == "Google"
+    proxied = await client.get(f"{V1}/project/project-id",
+                               headers={**FLAVOR, "X-Forwarded-For": "10.0.0.1"})  # fmt: skip
+    assert proxied.status == 403 and proxied.headers["Metadata-Flavor"] == "Google"
+    unknown = await client.get(f"{V1}/instance/nonexistent", headers=FLAVOR)
+    assert unknown.status == 404 and unknown.headers["Metadata-Flavor"] == "Google"
+
+
+async def test_token_with_integer_expires_in_cached_per_scope_set(
+    client: TestClient, fake: FakeGcp
+) -> None:
+    path = f"{V1}/instance/service-accounts/default/token"
+    resp = await client.get(path, headers=FLAVOR)
+    assert resp.status == 200 and resp.content_type == "application/json"
+    body = await resp.json()
+    assert body["token_type"] == "Bearer" and body["access_token"] == "ya29.1"
+    assert isinstance(body["expires_in"], int) and 3590 <= body["expires_in"] <= 3600
+    scoped = f"{path}?scopes=https://b.example/s2,https://a.example/s1"
+    first = await (await client.get(scoped, headers=FLAVOR)).json()
+    again = await (await client.get(scoped, headers=FLAVOR)).json()
+    assert first["access_token"] == again["access_token"] == "ya29.2"
+    assert fake.token_requests == [
+        (CLOUD_PLATFORM,),
+        ("https://a.example/s1", "https://b.example/s2"),
+    ]
+    by_email = await client.get(f"{V1}/instance/service-accounts/{SA}/token", headers=FLAVOR)
+    assert (await by_email.json())["access_token"] == "ya29.1"
+
+
+async def test_service_account_documents(client: TestClient) -> None:
+    base = f"{V1}/instance/service-accounts"
+    info = await (await client.get(f"{base}/default/?recursive=true", headers=FLAVOR)).json()
+    assert info == {"aliases": ["default"], "email": SA, "scopes": [CLOUD_PLATFORM]}
+    assert await (await client.get(f"{base}/default/email", headers=FLAVOR)).text() == SA
+    listing = await (await client.get(f"{base}/", headers=FLAVOR)).text()
+    assert listing == f"default/\n{SA}/\n"
+    other = await client.get(f"{base}/bob@x.iam.gserviceaccount.com/email", headers=FLAVOR)
+    assert other.status == 404
+
+
+async def test_identity_token_for_an_audience(client: TestClient) -> None:
+    path = f"{V1}/instance/service-accounts/default/identity"
+    resp = await client.get(f"{path}?audience=https://svc.example&format=full", headers=FLAVOR)
+    assert await resp.text() == "id-token-for-https://svc.example"
+    assert (await client.get(path, headers=FLAVOR)).status == 400
+
+
+async def test_project_and_universe(client: TestClient) -> None:
+    assert await (await client.get(f"{V1}/project/project-id", headers=FLAVOR)).text() == (
+        "sandbox-project"
+    )
+    number = await client.get(f"{V1}/project/numeric-project-id", headers=FLAVOR)
+    assert await number.text() == "123456"
+    universe = await client.get(f"{V1}/universe/universe-domain", headers=FLAVOR)
+    assert await universe.text() == "googleapis.com"
+
+
+async def test_directories_redirect_to_their_slash(client: TestClient) -> None:
+    resp = await client.get(f"{V1}/instance", headers=FLAVOR, allow_redirects=False)
+    assert resp.status == 301 and resp.headers["Location"] == f"{V1}/instance/"
+
+
+async def test_upstream_refusal_is_reported_with_the_cause(
+    client: TestClient, fake: FakeGcp
+) -> None:
+    fake.error = Forbidden("user alice may not impersonate alice@...: denied")
+    resp = await client.get(f"{V1}/instance/service-accounts/default/token", headers=FLAVOR)
+    assert resp.status == 403 and resp.headers["Metadata-Flavor"] == "Google"
+    assert "may not impersonate" in (await resp.json())["error_description"]
+    fake.error = None  # the failed start is forgotten: the next request tries again
+    resp = await client.get(f"{V1}/instance/service-accounts/default/token", headers=FLAVOR)
+    assert resp.status == 200
