@@ -74,8 +74,8 @@ def test_token_mint_writes_a_private_file_and_the_audit_names_the_cli(
     assert out.read_text().count(".") == 2
     events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "launch_token.minted"
-    assert events[-1]["identities"] == {"aws": ["genomics-readonly"], "azure": [
-        "genomics-pipelines"], "hpc": ["sandbox-cluster"]}  # fmt: skip
+    assert events[-1]["identities"] == {"aws": ["genomics-readonly"], "gcp": ["bob"],
+        "azure": ["genomics-pipelines"], "hpc": ["sandbox-cluster"]}  # fmt: skip
     assert events[-1]["caller"] == "cli"
 
 

@@ -155,9 +155,9 @@ def test_status_marks_missing_and_disabled_users() -> None:
         "user": "alice", "aws": "alice-data (+1)", "gcp": "alice",
         "azure": "genomics-pipelines", "hpc": "sandbox-cluster",
     }  # fmt: skip
-    assert rows["bob"]["gcp"] == "missing"
+    assert rows["bob"]["gcp"] == "bob"
     assert set(rows["carol"].values()) == {"carol", "missing"}
     assert set(rows["dan"].values()) == {"dan", "disabled"}
     table = status_table(policy)
     assert table.splitlines()[0].split() == ["USER", "AWS", "GCP", "AZURE", "HPC"]
-    assert table.splitlines()[-1] == "4 users, 5 user/provider pairs without a usable identity"
+    assert table.splitlines()[-1] == "4 users, 4 user/provider pairs without a usable identity"

@@ -49,6 +49,11 @@ audience = "//iam.googleapis.com/projects/000000000000/locations/global/workload
 credsidecar/providers/sandbox"
 service_account = "alice@sandbox-project.iam.gserviceaccount.com"
 
+[identities.gcp.bob]
+audience = "//iam.googleapis.com/projects/000000000000/locations/global/workloadIdentityPools/\
+credsidecar/providers/sandbox"
+service_account = "bob@sandbox-project.iam.gserviceaccount.com"
+
 [identities.azure.genomics-pipelines]
 tenant_id = "00000000-0000-4000-8000-000000000001"
 client_id = "00000000-0000-4000-8000-0000000000a1"
@@ -78,6 +83,11 @@ identities = ["genomics-readonly"]
 users = ["alice"]
 provider = "gcp"
 identities = ["alice"]
+
+[[grants]]
+users = ["bob"]
+provider = "gcp"
+identities = ["bob"]
 
 [[grants]]
 workspaces = ["genomics"]
