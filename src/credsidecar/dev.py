@@ -69,6 +69,8 @@ credsidecar dev is running for {user} (run {info["run"]}); Ctrl-C stops everythi
   sidecar  {info["sidecar_url"]}
   sandbox  S3/IAM (moto, IAM enforced) {info["sandbox"]["aws"]["endpoint_url"]}
            STS stand-in {info["sandbox"]["aws"]["sts_endpoint"]}
+           GCP STS {info["sandbox"]["gcp"]["sts_url"]}, IAM {info["sandbox"]["gcp"]["iam_url"]},
+           storage {info["sandbox"]["gcp"]["storage_url"]}
 
 Try it in another shell, with unmodified tools:
   {source}
@@ -77,6 +79,9 @@ Try it in another shell, with unmodified tools:
   aws s3 cp s3://shared-refs/refs/genome.fa -  # allowed, read-only
   aws s3 ls s3://{other}-data/                  # AccessDenied
   echo hi | aws s3 cp - s3://shared-refs/x     # AccessDenied
+  {shlex.quote(sys.executable)} -c 'from google.cloud import storage; c = storage.Client()
+print([b.name for b in c.list_blobs("{user}-data")])   # allowed
+print(list(c.list_blobs("{other}-data")))'              # 403 Forbidden
 
 Job environment: {env_file}   Everything else: {info["workdir"]}
 """
@@ -99,8 +104,10 @@ async def run_dev(args: argparse.Namespace) -> int:
                 env_file = Path.cwd() / env_file
             sidecar_config = SidecarConfig(
                 token_file=token_file,
-                clouds=frozenset({"aws"}),
                 aws_sts_endpoint=sandbox.sts_url,
+                gcp_sts_url=sandbox.gcp.sts_url,
+                gcp_iam_url=sandbox.gcp.iam_url,
+                gcp_exports=sandbox.gcp.job_env(),
                 aws_endpoint_url=sandbox.moto.url,
                 aws_duration=args.aws_duration,
                 run_dir=workdir / "run",

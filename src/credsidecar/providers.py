@@ -177,7 +177,8 @@ async def build_gcp(ctx: Context) -> Provider | None:
         def record(key: object, value: GcpToken | GcpIdToken) -> None:
             ctx.audit.event("credentials.obtained", **ctx.who, provider="gcp", kind=kind,
                             identity=settings.service_account or settings.audience,
-                            key=str(key), expiry=int(value.expires_at))  # fmt: skip
+                            key=",".join(key) if isinstance(key, tuple) else str(key),
+                            expiry=int(value.expires_at))  # fmt: skip
 
         return record
 

@@ -139,9 +139,16 @@ class SandboxProcess:
     def s3(self) -> str:
         return str(self.info["aws"]["endpoint_url"])
 
-    def outage(self, seconds: float) -> None:
+    def sidecar_args(self) -> list[str]:
+        """`credsidecar serve` flags pointing every cloud at this sandbox."""
+        gcp = self.info["gcp"]
+        exports = [f"--gcp-export={k}={v}" for k, v in gcp["job_env"].items()]
+        aws = ["--aws-sts-endpoint", self.sts, "--aws-endpoint-url", self.s3]
+        return [*aws, "--gcp-sts-url", gcp["sts_url"], "--gcp-iam-url", gcp["iam_url"], *exports]
+
+    def outage(self, seconds: float, base: str | None = None) -> None:
         request = urllib.request.Request(
-            f"{self.sts}/_sandbox/outage", data=json.dumps({"seconds": seconds}).encode(),
+            f"{base or self.sts}/_sandbox/outage", data=json.dumps({"seconds": seconds}).encode(),
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
         urllib.request.urlopen(request, timeout=5).close()
@@ -155,7 +162,7 @@ class SidecarProcess:
     """`credsidecar serve` for one launch token; the job env comes from `credsidecar env`."""
 
     def __init__(self, directory: Path, token: str, sandbox: SandboxProcess,
-                 *extra: str, wait: bool = True) -> None:  # fmt: skip
+                 *extra: str, wait: bool = True, cloud: str = "aws") -> None:  # fmt: skip
         directory.mkdir(parents=True, exist_ok=True)
         self.dir = directory
         self.token_file = directory / "launch-token"
@@ -165,8 +172,7 @@ class SidecarProcess:
         self.log = directory / "sidecar.log"
         self.proc = start(
             ["serve", "--token-file", str(self.token_file), "--run-dir", str(self.run_dir),
-             "--aws-sts-endpoint", sandbox.sts, "--aws-endpoint-url", sandbox.s3,
-             "--audit-log", str(self.audit), "--clouds", "aws", *extra],
+             "--audit-log", str(self.audit), "--clouds", cloud, *sandbox.sidecar_args(), *extra],
             self.log,
         )  # fmt: skip
         self.env: dict[str, str] = {}

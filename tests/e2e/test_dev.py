@@ -13,7 +13,7 @@ from tests.e2e.processes import CLI, apply_shell_env, run_client, stop_process, 
 AWS = str(Path(sys.executable).parent / "aws")
 
 
-def test_dev_lets_alice_list_her_bucket_and_refuses_bobs(tmp_path: Path) -> None:
+def test_dev_lets_alice_list_her_buckets_and_refuses_bobs(tmp_path: Path) -> None:
     env_file, info_file, log = tmp_path / "job.env", tmp_path / "info.json", tmp_path / "dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -35,6 +35,15 @@ def test_dev_lets_alice_list_her_bucket_and_refuses_bobs(tmp_path: Path) -> None
         ref = run_client([AWS, "s3", "cp", "s3://shared-refs/refs/genome.fa", "-"], env)
         assert ref.stdout.startswith(">chr1")
         assert info["sandbox"]["buckets"].keys() == {"alice-data", "bob-data", "shared-refs"}
+        # The same environment serves unmodified Google clients as alice.
+        google = run_client(
+            [sys.executable, str(Path(__file__).parent / "clients" / "google_clients.py"),
+             "alice", info["sandbox"]["gcp"]["id_token_certs_url"]],
+            env,
+        )  # fmt: skip
+        assert google.returncode == 0, google.stderr
+        result = json.loads(google.stdout)
+        assert (result["list_own"], result["list_other"]) == ("ok", "Forbidden")
     finally:
         code = stop_process(proc, signal.SIGINT)
     assert code == 0, log.read_text()[-2000:]

@@ -48,11 +48,15 @@ session_tags = { cost-center = "genomics" }
 audience = "//iam.googleapis.com/projects/000000000000/locations/global/workloadIdentityPools/\
 credsidecar/providers/sandbox"
 service_account = "alice@sandbox-project.iam.gserviceaccount.com"
+project_id = "sandbox-project"
+project_number = "000000000000"
 
 [identities.gcp.bob]
 audience = "//iam.googleapis.com/projects/000000000000/locations/global/workloadIdentityPools/\
 credsidecar/providers/sandbox"
 service_account = "bob@sandbox-project.iam.gserviceaccount.com"
+project_id = "sandbox-project"
+project_number = "000000000000"
 
 [identities.azure.genomics-pipelines]
 tenant_id = "00000000-0000-4000-8000-000000000001"

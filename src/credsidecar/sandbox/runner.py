@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from credsidecar.sandbox.gcp_runner import GcpSandbox, start_gcp_sandbox
 from credsidecar.sandbox.moto_backend import REGION, MotoBackend
 from credsidecar.sandbox.seed import ACCOUNT, REFERENCE_KEY, ROLES
 from credsidecar.sandbox.sts import StsState, create_sts_app
@@ -21,6 +22,7 @@ __all__ = ["Sandbox", "start_sandbox"]
 class Sandbox:
     moto: MotoBackend
     sts_url: str
+    gcp: GcpSandbox
     _runner: web.AppRunner
 
     def describe(self) -> dict[str, Any]:
@@ -38,9 +40,11 @@ class Sandbox:
                 "shared-refs": f"alice and bob: read-only; holds {REFERENCE_KEY}",
             },
             "users": ["alice", "bob"],
+            **self.gcp.describe(),
         }
 
     async def stop(self) -> None:
+        await self.gcp.stop()
         await self._runner.cleanup()
         await asyncio.to_thread(self.moto.stop)
 
@@ -59,4 +63,5 @@ async def start_sandbox(issuer_url: str, aws_audience: str = "sts.amazonaws.com"
     site = web.SockSite(runner, sock)
     await site.start()
     port = sock.getsockname()[1]
-    return Sandbox(moto, f"http://127.0.0.1:{port}", runner)
+    gcp = await start_gcp_sandbox(issuer_url)
+    return Sandbox(moto, f"http://127.0.0.1:{port}", gcp, runner)
