@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from credsidecar.clouds.aws import DEFAULT_DURATION
+from credsidecar.clouds.azure import AUTHORITY
 from credsidecar.clouds.gcp import IAM_URL, STS_URL
 from credsidecar.errors import ConfigError
 
@@ -57,8 +58,10 @@ class SidecarConfig:
     gcp_sts_url: str = STS_URL
     gcp_iam_url: str = IAM_URL
     gcp_lifetime: int = 3600
-    # Extra variables for the job, e.g. the sandbox's storage endpoint.
-    gcp_exports: Mapping[str, str] = field(default_factory=dict)
+    azure_identity: str | None = None
+    azure_authority: str = AUTHORITY
+    # Extra variables for the job, e.g. the sandbox's endpoints and CA.
+    job_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sources = [self.token_file, self.token_env, self.token_stdin or None,
@@ -74,9 +77,9 @@ class SidecarConfig:
             raise ConfigError(
                 f"--aws-duration must be {MIN_DURATION}..{MAX_DURATION} s (AWS itself needs 900+)"
             )
-        unknown = (self.clouds or frozenset()) - {"aws", "gcp"}
+        unknown = (self.clouds or frozenset()) - {"aws", "gcp", "azure"}
         if unknown:
-            raise ConfigError(f"--clouds: unknown cloud(s) {sorted(unknown)}; use aws, gcp")
+            raise ConfigError(f"--clouds: unknown cloud(s) {sorted(unknown)}; use aws, gcp, azure")
         if not MIN_DURATION <= self.gcp_lifetime <= MAX_DURATION:
             raise ConfigError(f"--gcp-lifetime must be {MIN_DURATION}..{MAX_DURATION} s")
         if not 0 <= self.port <= 65535:
@@ -185,14 +188,20 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str
         default=int(_env(env, "GCP_LIFETIME", "3600") or 3600),
         help="service account access token lifetime in seconds (default 3600)",
     )
-    gcp.add_argument(
-        "--gcp-export",
+    az = parser.add_argument_group("Azure")
+    az.add_argument("--azure-identity", default=_env(env, "AZURE_IDENTITY"),
+                    help="name of the granted Azure identity served without a selector "
+                         "(default: the launch's default)")  # fmt: skip
+    az.add_argument("--azure-authority", default=_env(env, "AZURE_AUTHORITY", AUTHORITY),
+                    help=f"Entra authority host (default {AUTHORITY})")  # fmt: skip
+    srv = parser.add_argument_group("serving")
+    srv.add_argument(
+        "--job-env",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="extra variable for the job when GCP is served (the sandbox's storage)",
+        help="extra variable to export to the job (the sandbox's endpoints and CA)",
     )
-    srv = parser.add_argument_group("serving")
     srv.add_argument("--host", default=_env(env, "HOST", "127.0.0.1"))
     srv.add_argument(
         "--port",
@@ -265,5 +274,7 @@ def from_args(args: argparse.Namespace) -> SidecarConfig:
         gcp_sts_url=args.gcp_sts_url,
         gcp_iam_url=args.gcp_iam_url,
         gcp_lifetime=args.gcp_lifetime,
-        gcp_exports=dict(item.split("=", 1) for item in args.gcp_export if "=" in item),
+        azure_identity=args.azure_identity,
+        azure_authority=args.azure_authority,
+        job_env=dict(item.split("=", 1) for item in args.job_env if "=" in item),
     )

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,7 +33,14 @@ from credsidecar.launch import (
     TokenSource,
     read_claims,
 )
-from credsidecar.providers import AWS_TOKEN_FILE_NAME, Context, Provider, build_aws, build_gcp
+from credsidecar.providers import (
+    AWS_TOKEN_FILE_NAME,
+    Context,
+    Provider,
+    build_aws,
+    build_azure,
+    build_gcp,
+)
 from credsidecar.server import create_sidecar_app
 
 __all__ = ["RunningSidecar", "run_sidecar"]
@@ -62,13 +69,14 @@ def _token_source(config: SidecarConfig) -> TokenSource:
     return StaticTokenSource(sys.stdin.read(), "standard input")
 
 
-def job_environment(providers: list[Provider]) -> str:
+def job_environment(providers: list[Provider], extra: Mapping[str, str] | None = None) -> str:
     exports: dict[str, str] = {}
     unsets: list[str] = []
     for provider in providers:
         exports.update(provider.exports)
         unsets.extend(provider.unsets)
-    return render(exports, unsets)
+    exports.update(extra or {})
+    return render(exports, [name for name in unsets if name not in exports])
 
 
 async def _wait_for_pid_exit(pid: int) -> None:
@@ -146,7 +154,8 @@ async def run_sidecar(
         refusals = RefusalLog(audit)
         ctx = Context(config, claims, supplier, session, audit, who, url, hosts, refusals)
         try:
-            for name, build in (("aws", build_aws), ("gcp", build_gcp)):
+            builders = (("aws", build_aws), ("gcp", build_gcp), ("azure", build_azure))
+            for name, build in builders:
                 if config.clouds is not None and name not in config.clouds:
                     continue
                 provider = await build(ctx)
@@ -162,7 +171,7 @@ async def run_sidecar(
             guard = Guard(hosts, refusals, config.link_local)
             app = create_sidecar_app(guard, providers)
             async with _serving(app, sock):
-                env_text = job_environment(providers)
+                env_text = job_environment(providers, config.job_env)
                 write_private_atomic(run_dir / ENV_FILE_NAME, env_text)
                 if config.env_file is not None:
                     write_private_atomic(config.env_file, env_text)

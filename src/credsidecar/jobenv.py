@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["AWS_UNSET", "GCP_UNSET", "render", "write_private_atomic"]
+__all__ = ["AWS_UNSET", "AZURE_UNSET", "GCP_UNSET", "render", "write_private_atomic"]
 
 AWS_UNSET = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
@@ -28,6 +28,15 @@ GCP_UNSET = (
     "GCE_METADATA_ROOT",
     # google-cloud-storage turns anonymous when this is set (API_ENDPOINT_OVERRIDE is the way).
     "STORAGE_EMULATOR_HOST",
+)  # fmt: skip
+
+
+AZURE_UNSET = (
+    # Each would win over managed identity in DefaultAzureCredential's chain or in az.
+    "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AZURE_USERNAME", "AZURE_PASSWORD", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID", "MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT",
+    "AZURE_TOKEN_CREDENTIALS",
 )  # fmt: skip
 
 

@@ -21,21 +21,25 @@ from aiohttp import web
 from credsidecar.audit import AuditLog
 from credsidecar.cache import CacheFamily, CredentialCache
 from credsidecar.clouds.aws import AwsCredentials, AwsExchanger, AwsSettings, role_session_name
+from credsidecar.clouds.azure import AUDIENCE as AZURE_AUDIENCE
+from credsidecar.clouds.azure import AzureExchanger, AzureIdentityRef, AzureToken
 from credsidecar.clouds.federation import TokenSupplier
 from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpExchanger, GcpIdToken, GcpSettings, GcpToken
 from credsidecar.config import SidecarConfig
 from credsidecar.endpoints.aws import CONTAINER_PATH, AwsEndpoints
+from credsidecar.endpoints.azure import APP_SERVICE_PATH, AzureEndpoints
 from credsidecar.endpoints.gcp import GcpEndpoints, add_flavor
 from credsidecar.endpoints.guards import Guard, RefusalLog
 from credsidecar.errors import ConfigError
-from credsidecar.jobenv import AWS_UNSET, GCP_UNSET, write_private_atomic
+from credsidecar.jobenv import AWS_UNSET, AZURE_UNSET, GCP_UNSET, write_private_atomic
 from credsidecar.launch import LaunchClaims
 
-__all__ = ["Context", "Provider", "build_aws", "build_gcp"]
+__all__ = ["Context", "Provider", "build_aws", "build_azure", "build_gcp"]
 
 log = logging.getLogger(__name__)
 
 AWS_TOKEN_FILE_NAME = "aws-container-token"  # noqa: S105 - a file name
+ARM_RESOURCE = "https://management.azure.com/"
 
 
 @dataclass
@@ -206,7 +210,6 @@ async def build_gcp(ctx: Context) -> Provider | None:
     }
     if settings.project_id:
         exports["GOOGLE_CLOUD_PROJECT"] = settings.project_id
-    exports.update(config.gcp_exports)
 
     async def close() -> None:
         await tokens.close()
@@ -226,4 +229,70 @@ async def build_gcp(ctx: Context) -> Provider | None:
         start=start,
         ready=lambda: tokens.current(default),
         close=close,
+    )
+
+
+async def build_azure(ctx: Context) -> Provider | None:
+    config = ctx.config
+    if ctx.claims is None:
+        return None
+    identities = [
+        AzureIdentityRef(
+            name=str(d["name"]),
+            tenant_id=str(d["tenant_id"]),
+            client_id=str(d["client_id"]),
+            audience=str(d.get("audience") or AZURE_AUDIENCE),
+            object_id=str(d["object_id"]) if d.get("object_id") else None,
+            resource_id=str(d["resource_id"]) if d.get("resource_id") else None,
+        )
+        for d in ctx.claims.identities.get("azure", [])
+    ]
+    if not identities:
+        return None
+    default = _descriptor(ctx, "azure", config.azure_identity)
+    if default is not None:  # the identity served when the SDK names none goes first
+        identities.sort(key=lambda i: i.name != default.get("name"))
+    by_name = {i.name: i for i in identities}
+    exchanger = AzureExchanger(ctx.supplier, ctx.session, ctx.who_text, config.azure_authority)
+
+    async def fetch(key: tuple[str, str]) -> AzureToken:
+        return await exchanger.token(by_name[key[0]], key[1])
+
+    def obtained(key: tuple[str, str], value: AzureToken) -> None:
+        ctx.audit.event("credentials.obtained", **ctx.who, provider="azure", identity=key[0],
+                        client_id=value.client_id, resource=key[1],
+                        expiry=int(value.expires_at))  # fmt: skip
+
+    name = f"Azure ({ctx.who_text})"
+    tokens: CacheFamily[tuple[str, str], AzureToken] = CacheFamily(
+        name, fetch, config.ready_timeout, on_new=obtained
+    )
+    secret = secrets.token_urlsafe(32)
+    guard = Guard(ctx.hosts, ctx.refusals, config.link_local)
+    endpoints = AzureEndpoints(tokens, identities, secret, guard, ctx.audit, ctx.who)
+    az_dir = config.run_dir / "azure"
+    await asyncio.to_thread(az_dir.mkdir, mode=0o700, exist_ok=True)
+    exports = {
+        "IDENTITY_ENDPOINT": f"{ctx.url}{APP_SERVICE_PATH}",
+        "IDENTITY_HEADER": secret,
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST": ctx.url,
+        # az keeps logins in its config directory; a private empty one starts clean.
+        "AZURE_CONFIG_DIR": str(az_dir),
+    }
+    first = identities[0]
+    # The sidecar is ready once the default identity holds an ARM token, proving federation.
+    ready_key = (first.name, ARM_RESOURCE)
+
+    async def start() -> None:
+        await tokens.get(ready_key)
+
+    return Provider(
+        name="azure",
+        description=f"{ctx.who_text} as Azure identity {first.name} ({first.client_id})",
+        routes=guard.routes(endpoints.routes()),
+        exports=exports,
+        unsets=list(AZURE_UNSET),
+        start=start,
+        ready=lambda: tokens.current(ready_key),
+        close=tokens.close,
     )

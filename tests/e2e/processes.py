@@ -142,7 +142,7 @@ class SandboxProcess:
     def sidecar_args(self) -> list[str]:
         """`credsidecar serve` flags pointing every cloud at this sandbox."""
         gcp = self.info["gcp"]
-        exports = [f"--gcp-export={k}={v}" for k, v in gcp["job_env"].items()]
+        exports = [f"--job-env={k}={v}" for k, v in gcp["job_env"].items()]
         aws = ["--aws-sts-endpoint", self.sts, "--aws-endpoint-url", self.s3]
         return [*aws, "--gcp-sts-url", gcp["sts_url"], "--gcp-iam-url", gcp["iam_url"], *exports]
 

@@ -1,0 +1,131 @@
+"""Azure managed-identity contracts (DESIGN.md, Azure): the App Service endpoint
+(`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`, which Go's MSAL can be pointed at) and the IMDS path
+(`AZURE_POD_IDENTITY_AUTHORITY_HOST`, for Python and Node). One token per identity and resource.
+
+400 `invalid_request` only for requests that are wrong (no `Metadata` header, no resource, an
+identity the launch does not grant); anything transient is 503 with `Retry-After`, because
+azure-identity takes a 400 as "no managed identity here" for good.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from aiohttp import web
+
+from credsidecar.audit import AuditLog
+from credsidecar.cache import Cached, CacheFamily
+from credsidecar.clouds.azure import AzureIdentityRef, AzureToken
+from credsidecar.endpoints.guards import Guard, secrets_match
+from credsidecar.errors import BadRequest, CredsidecarError, InvalidGrant
+
+__all__ = ["APP_SERVICE_PATH", "IMDS_PATH", "AzureEndpoints"]
+
+APP_SERVICE_PATH = "/msi/token"
+IMDS_PATH = "/metadata/identity/oauth2/token"
+
+TokenKey = tuple[str, str]  # (identity name, resource)
+
+
+def _invalid(message: str) -> web.Response:
+    return web.json_response({"error": "invalid_request", "error_description": message},
+                             status=400)  # fmt: skip
+
+
+def _failure(exc: CredsidecarError) -> web.Response:
+    if exc.retryable:
+        retry = str(getattr(exc, "retry_after", 5))
+        return web.json_response(exc.to_json(), status=503, headers={"Retry-After": retry})
+    # A wrong request (unknown resource) is 400; a refusal retrying will not change (no
+    # matching federated credential, revoked run) is 403 with Entra's explanation.
+    wrong_request = isinstance(exc, BadRequest) and not isinstance(exc, InvalidGrant)
+    return web.json_response(exc.to_json(), status=400 if wrong_request else 403)
+
+
+class AzureEndpoints:
+    def __init__(
+        self,
+        tokens: CacheFamily[TokenKey, AzureToken],
+        identities: Sequence[AzureIdentityRef],
+        header_secret: str,
+        guard: Guard,
+        audit: AuditLog,
+        who: Mapping[str, str | None],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._tokens = tokens
+        self._identities = list(identities)
+        self._secret = header_secret
+        self._guard = guard
+        self._audit = audit
+        self._who = dict(who)
+        self._wall = wall
+        self._served: set[tuple[TokenKey, float]] = set()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get(APP_SERVICE_PATH, self.app_service), web.get(IMDS_PATH, self.imds)]
+
+    def _select(self, query: Mapping[str, str]) -> AzureIdentityRef | web.Response:
+        client_id = query.get("client_id") or query.get("clientid")
+        object_id = query.get("object_id") or query.get("principal_id")
+        mi_res_id = query.get("mi_res_id") or query.get("msi_res_id")
+        for identity in self._identities:
+            if identity.matches(client_id, object_id, mi_res_id):
+                return identity
+        asked = client_id or object_id or mi_res_id
+        granted = ", ".join(f"{i.name} ({i.client_id})" for i in self._identities)
+        return _invalid(f"identity {asked!r} is not granted to this launch; granted: {granted}")
+
+    async def _token(self, request: web.Request, app_service: bool) -> web.Response:
+        query = request.query
+        resource = query.get("resource", "")
+        if not resource:
+            return _invalid("resource is required, e.g. resource=https://storage.azure.com")
+        if not query.get("api-version"):
+            return _invalid("api-version is required")
+        identity = self._select(query)
+        if isinstance(identity, web.Response):
+            return identity
+        try:
+            entry = await self._tokens.get((identity.name, resource))
+        except CredsidecarError as exc:
+            return _failure(exc)
+        self._audit_served(identity, resource, entry, request.path)
+        expires_on = int(entry.wall_expiry)
+        expires_in = max(0, expires_on - int(self._wall()))  # computed at response time
+        body: dict[str, object] = {
+            "access_token": entry.value.access_token,
+            "expires_on": str(expires_on),  # epoch seconds as a string, as both services send
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": identity.client_id,
+        }
+        # App Service sends expires_in as a number, IMDS as a string.
+        body["expires_in"] = expires_in if app_service else str(expires_in)
+        if not app_service:
+            body["ext_expires_in"] = str(expires_in)
+            body["not_before"] = str(int(entry.wall_expiry - entry.lifetime))
+        return web.json_response(body)
+
+    def _audit_served(self, identity: AzureIdentityRef, resource: str, entry: Cached[AzureToken],
+                      path: str) -> None:  # fmt: skip
+        marker = ((identity.name, resource), entry.wall_expiry)
+        if marker not in self._served:
+            self._served.add(marker)
+            self._audit.event("credentials.served", **self._who, provider="azure",
+                              identity=identity.name, client_id=identity.client_id,
+                              resource=resource, expiry=int(entry.wall_expiry),
+                              path=path)  # fmt: skip
+
+    async def app_service(self, request: web.Request) -> web.Response:
+        if not secrets_match(request.headers.get("X-IDENTITY-HEADER"), self._secret):
+            return self._guard.refuse(request, 401, "missing or wrong X-IDENTITY-HEADER",
+                                      "; set IDENTITY_HEADER from `credsidecar env`")  # fmt: skip
+        return await self._token(request, app_service=True)
+
+    async def imds(self, request: web.Request) -> web.Response:
+        if request.headers.get("Metadata", "").lower() != "true":
+            # azure-identity probes without the header and needs this exact answer quickly.
+            return _invalid("Required metadata header not specified")
+        return await self._token(request, app_service=False)
