@@ -1,0 +1,162 @@
+"""Azure managed-identity contracts over real HTTP, with a fake exchanger behind the caches."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from credsidecar.audit import AuditLog
+from credsidecar.cache import CacheFamily
+from credsidecar.clouds.azure import AzureIdentityRef, AzureToken
+from credsidecar.endpoints.azure import APP_SERVICE_PATH, IMDS_PATH, AzureEndpoints
+from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
+from credsidecar.errors import Forbidden, Unavailable
+from credsidecar.issuer.example import free_port
+
+SECRET = "identity-header-secret"
+TENANT = "00000000-0000-4000-8000-000000000001"
+ALICE = AzureIdentityRef("alice", TENANT, "00000000-0000-4000-8000-0000000000a2",
+                         object_id="11111111-0000-4000-8000-000000000002",
+                         resource_id="/subscriptions/s/resourceGroups/g/providers/"
+                         "Microsoft.ManagedIdentity/userAssignedIdentities/alice")  # fmt: skip
+SHARED = AzureIdentityRef("genomics-pipelines", TENANT, "00000000-0000-4000-8000-0000000000a1")
+STORAGE = "https://storage.azure.com/"
+
+
+@dataclass
+class FakeEntra:
+    asked: list[tuple[str, str]] = field(default_factory=list)
+    error: Exception | None = None
+
+    async def fetch(self, key: tuple[str, str]) -> AzureToken:
+        self.asked.append(key)
+        if self.error:
+            raise self.error
+        client = {"alice": ALICE, "genomics-pipelines": SHARED}[key[0]].client_id
+        return AzureToken(f"token-{key[0]}-{len(self.asked)}", time.time() + 3600, key[1], client)
+
+
+@dataclass
+class Azure:
+    client: TestClient
+    entra: FakeEntra
+    audit: io.StringIO
+
+
+@pytest.fixture
+async def azure(aiohttp_client: Callable[..., Any]) -> Azure:
+    entra, stream = FakeEntra(), io.StringIO()
+    audit = AuditLog(stream)
+    tokens: CacheFamily[tuple[str, str], AzureToken] = CacheFamily("Azure", entra.fetch, 5)
+    port = free_port()
+    guard = Guard(allowed_hosts(port), RefusalLog(audit))
+    endpoints = AzureEndpoints(tokens, [ALICE, SHARED], SECRET, guard, audit,
+                               {"user": "alice", "run": "r1"})  # fmt: skip
+    app = web.Application()
+    app.add_routes(guard.routes(endpoints.routes()))
+    client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
+    return Azure(client, entra, stream)
+
+
+def app_service(resource: str = STORAGE, **selector: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"api-version": "2019-08-01", "resource": resource,
+                                                **selector}.items())  # fmt: skip
+    return f"{APP_SERVICE_PATH}?{query}"
+
+
+async def test_app_service_token_fields(azure: Azure) -> None:
+    resp = await azure.client.get(app_service(), headers={"X-IDENTITY-HEADER": SECRET})
+    assert resp.status == 200 and resp.content_type == "application/json"
+    body = await resp.json()
+    assert body["access_token"] == "token-alice-1" and body["token_type"] == "Bearer"
+    assert body["resource"] == STORAGE and body["client_id"] == ALICE.client_id
+    assert isinstance(body["expires_on"], str) and body["expires_on"].isdigit()
+    assert isinstance(body["expires_in"], int) and 3590 <= body["expires_in"] <= 3600
+
+
+async def test_app_service_needs_the_identity_header(azure: Azure) -> None:
+    for headers in ({}, {"X-IDENTITY-HEADER": "guess"}):
+        resp = await azure.client.get(app_service(), headers=headers)
+        assert resp.status == 401
+        assert "IDENTITY_HEADER" in (await resp.json())["error_description"]
+    assert azure.entra.asked == []
+
+
+async def test_imds_without_metadata_header_is_400_invalid_request(azure: Azure) -> None:
+    resp = await azure.client.get(f"{IMDS_PATH}?api-version=2018-02-01&resource={STORAGE}")
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "invalid_request"
+
+
+async def test_imds_token_fields_are_strings(azure: Azure) -> None:
+    resp = await azure.client.get(f"{IMDS_PATH}?api-version=2018-02-01&resource={STORAGE}",
+                                  headers={"Metadata": "true"})  # fmt: skip
+    body = await resp.json()
+    assert body["token_type"] == "Bearer" and body["client_id"] == ALICE.client_id
+    assert body["expires_in"].isdigit() and body["expires_on"].isdigit()
+    assert int(body["not_before"]) <= int(body["expires_on"])
+
+
+async def test_one_token_per_identity_and_resource(azure: Azure) -> None:
+    headers = {"X-IDENTITY-HEADER": SECRET}
+    await azure.client.get(app_service(), headers=headers)
+    await azure.client.get(app_service(), headers=headers)
+    await azure.client.get(app_service("https://management.azure.com/"), headers=headers)
+    assert azure.entra.asked == [("alice", STORAGE), ("alice", "https://management.azure.com/")]
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        {"client_id": SHARED.client_id},
+        {"client_id": SHARED.client_id.upper()},
+        {"object_id": ALICE.object_id},
+        {"mi_res_id": ALICE.resource_id},
+    ],
+)
+async def test_a_granted_identity_is_selected_by_client_object_or_resource_id(
+    azure: Azure, selector: dict[str, str]
+) -> None:
+    resp = await azure.client.get(app_service(**selector), headers={"X-IDENTITY-HEADER": SECRET})
+    body = await resp.json()
+    expected = SHARED if "client_id" in selector else ALICE
+    assert body["client_id"] == expected.client_id
+
+
+async def test_an_identity_not_granted_is_refused_clearly(azure: Azure) -> None:
+    other = "00000000-0000-4000-8000-0000000000ff"
+    resp = await azure.client.get(app_service(client_id=other),
+                                  headers={"X-IDENTITY-HEADER": SECRET})  # fmt: skip
+    assert resp.status == 400
+    message = (await resp.json())["error_description"]
+    assert other in message and ALICE.client_id in message and SHARED.client_id in message
+    assert azure.entra.asked == []
+
+
+async def test_transient_failure_is_503_never_400(azure: Azure) -> None:
+    azure.entra.error = Unavailable("Entra is unreachable", retry_after=7)
+    resp = await azure.client.get(app_service(), headers={"X-IDENTITY-HEADER": SECRET})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "7"
+
+
+async def test_permanent_refusal_is_403_with_entras_explanation(azure: Azure) -> None:
+    azure.entra.error = Forbidden("user alice may not use Azure identity 'alice': AADSTS70021")
+    resp = await azure.client.get(app_service(), headers={"X-IDENTITY-HEADER": SECRET})
+    assert resp.status == 403
+    assert "AADSTS70021" in (await resp.json())["error_description"]
+
+
+async def test_served_tokens_are_audited_without_the_token(azure: Azure) -> None:
+    await azure.client.get(app_service(), headers={"X-IDENTITY-HEADER": SECRET})
+    events = [json.loads(line) for line in azure.audit.getvalue().splitlines()]
+    served = [e for e in events if e["event"] == "credentials.served"]
+    assert served[0]["client_id"] == ALICE.client_id and served[0]["resource"] == STORAGE
+    assert "token-alice" not in azure.audit.getvalue()
