@@ -75,7 +75,7 @@ def test_token_mint_writes_a_private_file_and_the_audit_names_the_cli(
     events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "launch_token.minted"
     assert events[-1]["identities"] == {"aws": ["genomics-readonly"], "gcp": ["bob"],
-        "azure": ["genomics-pipelines"], "hpc": ["sandbox-cluster"]}  # fmt: skip
+        "azure": ["bob", "genomics-pipelines"], "hpc": ["sandbox-cluster"]}  # fmt: skip
     assert events[-1]["caller"] == "cli"
 
 

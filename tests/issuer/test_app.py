@@ -243,13 +243,17 @@ async def test_exchange_for_gcp_uses_the_user_subject_and_attribute_claims(
 async def test_exchange_for_azure_uses_the_identity_subject(
     client: TestClient, issuer: IssuerFixture
 ) -> None:
+    shared = "urn:credsidecar:identity:azure:genomics-pipelines"
     for user in ("alice", "bob"):
         minted = await mint(client, issuer, user=user, run=f"run-{user}")
         resp = await exchange(client, minted["token"], audience=AZURE_AUD)
         claims = await verify_with_pyjwt(client, (await resp.json())["access_token"], AZURE_AUD)
-        # Entra matches one exact subject per federated credential, whoever the user is.
-        assert claims["sub"] == "credsidecar:azure:genomics-pipelines"
+        # Entra matches one exact subject per federated credential: the identity's.
+        assert claims["sub"] == f"credsidecar:azure:{user}"  # each user's own, by default
         assert claims["user"] == user
+        resp = await exchange(client, minted["token"], audience=AZURE_AUD, resource=shared)
+        claims = await verify_with_pyjwt(client, (await resp.json())["access_token"], AZURE_AUD)
+        assert claims["sub"] == "credsidecar:azure:genomics-pipelines"  # whoever the user is
 
 
 async def test_exchange_never_outlives_the_launch_token(

@@ -1,5 +1,6 @@
 """A real issuer served on loopback (its issuer_url matches its port, so stand-ins can fetch
-its JWKS) and the GCP sandbox trusting it, with a sandbox clock tests can move forward."""
+its JWKS) and the GCP and Azure sandboxes trusting it, with a sandbox clock tests can move
+forward."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from credsidecar.issuer.app import create_app
 from credsidecar.issuer.config import load_config
 from credsidecar.issuer.example import free_port, write_example
 from credsidecar.issuer.runner import open_service
+from credsidecar.sandbox.azure_runner import AzureSandbox, start_azure_sandbox
 from credsidecar.sandbox.gcp_runner import GcpSandbox, start_gcp_sandbox
 from credsidecar.sandbox.seed import GCP_AUDIENCE
 
@@ -45,21 +47,30 @@ class ServedIssuer:
     api_key: str
     http: aiohttp.ClientSession
 
-    async def mint(self, user: str, run: str = "run-1") -> str:
+    async def mint(self, user: str, run: str = "run-1", workspace: str | None = None) -> str:
         headers = {"Authorization": f"Bearer {self.api_key}"}
-        body = {"user": user, "run": run}
+        body = {"user": user, "run": run, **({"workspace": workspace} if workspace else {})}
         async with self.http.post(f"{self.url}/v1/launch-tokens", json=body, headers=headers) as r:
             assert r.status == 201, await r.text()
             return str((await r.json())["token"])
 
-    async def cloud_token(self, user: str, audience: str = GCP_AUDIENCE) -> str:
-        """The user's launch token exchanged for a cloud-audience token, as the sidecar does."""
+    async def cloud_token(
+        self,
+        user: str,
+        audience: str = GCP_AUDIENCE,
+        identity: str | None = None,
+        workspace: str | None = None,
+    ) -> str:
+        """The user's launch token exchanged for a cloud-audience token, as the sidecar does;
+        `identity` ("PROVIDER:NAME") selects a granted identity other than the default."""
         form = {
             "grant_type": EXCHANGE,
             "subject_token_type": JWT_TYPE,
-            "subject_token": await self.mint(user),
+            "subject_token": await self.mint(user, workspace=workspace),
             "audience": audience,
         }
+        if identity is not None:
+            form["resource"] = f"urn:credsidecar:identity:{identity}"
         async with self.http.post(f"{self.url}/v1/token", data=form) as r:
             assert r.status == 200, await r.text()
             return str((await r.json())["access_token"])
@@ -91,6 +102,23 @@ async def gcp(issuer: ServedIssuer, sandbox_clock: ShiftedClock) -> AsyncIterato
     sandbox = await start_gcp_sandbox(issuer.url, clock=sandbox_clock)
     yield sandbox
     await sandbox.stop()
+
+
+@pytest.fixture
+async def azure(
+    issuer: ServedIssuer, sandbox_clock: ShiftedClock, tmp_path: Path
+) -> AsyncIterator[AzureSandbox]:
+    sandbox = await start_azure_sandbox(issuer.url, tmp_path / "azure", clock=sandbox_clock)
+    yield sandbox
+    await sandbox.stop()
+
+
+@pytest.fixture
+async def https(azure: AzureSandbox) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session that trusts the Azure sandbox's CA (and no other)."""
+    context = await asyncio.to_thread(azure.ca.client_context)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        yield session
 
 
 @pytest.fixture

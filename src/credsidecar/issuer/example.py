@@ -58,9 +58,32 @@ service_account = "bob@sandbox-project.iam.gserviceaccount.com"
 project_id = "sandbox-project"
 project_number = "000000000000"
 
+# Azure: user-assigned managed identities, each with one federated credential whose subject is
+# "credsidecar:azure:NAME" (the default), so Entra tells them apart; the issuer decides who may
+# use which.
+[identities.azure.alice]
+tenant_id = "00000000-0000-4000-8000-000000000001"
+client_id = "00000000-0000-4000-8000-0000000000a2"
+object_id = "00000000-0000-4000-8000-0000000000b2"
+resource_id = "/subscriptions/00000000-0000-4000-8000-000000000002/\
+resourceGroups/credsidecar-sandbox/providers/Microsoft.ManagedIdentity/\
+userAssignedIdentities/alice"
+
+[identities.azure.bob]
+tenant_id = "00000000-0000-4000-8000-000000000001"
+client_id = "00000000-0000-4000-8000-0000000000a3"
+object_id = "00000000-0000-4000-8000-0000000000b3"
+resource_id = "/subscriptions/00000000-0000-4000-8000-000000000002/\
+resourceGroups/credsidecar-sandbox/providers/Microsoft.ManagedIdentity/\
+userAssignedIdentities/bob"
+
 [identities.azure.genomics-pipelines]
 tenant_id = "00000000-0000-4000-8000-000000000001"
 client_id = "00000000-0000-4000-8000-0000000000a1"
+object_id = "00000000-0000-4000-8000-0000000000b1"
+resource_id = "/subscriptions/00000000-0000-4000-8000-000000000002/\
+resourceGroups/credsidecar-sandbox/providers/Microsoft.ManagedIdentity/\
+userAssignedIdentities/genomics-pipelines"
 
 [identities.hpc.sandbox-cluster]
 scheduler = "slurm"
@@ -91,6 +114,16 @@ identities = ["alice"]
 [[grants]]
 users = ["bob"]
 provider = "gcp"
+identities = ["bob"]
+
+[[grants]]
+users = ["alice"]
+provider = "azure"
+identities = ["alice"]
+
+[[grants]]
+users = ["bob"]
+provider = "azure"
 identities = ["bob"]
 
 [[grants]]

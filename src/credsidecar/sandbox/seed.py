@@ -1,7 +1,8 @@
 """The sandbox's seed data: users, buckets, roles and who may assume them.
 
 Matches the example policy (issuer/example.py): alice and bob each own a bucket and share a
-read-only reference bucket, in AWS (roles) and in GCP (service accounts) alike.
+read-only reference bucket, in AWS (roles), GCP (service accounts) and Azure (user-assigned
+managed identities and blob containers) alike.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from dataclasses import dataclass
 
 __all__ = [
     "ACCOUNT",
+    "AZURE_IDENTITIES",
+    "AZURE_RESOURCE_GROUP",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_SUBSCRIPTION_ID",
+    "AZURE_TENANT_ID",
     "BUCKETS",
     "GCP_AUDIENCE",
     "GCP_POOL_RESOURCE",
@@ -20,6 +26,7 @@ __all__ = [
     "REFERENCE_BODY",
     "REFERENCE_KEY",
     "ROLES",
+    "SandboxManagedIdentity",
     "SandboxRole",
     "SandboxServiceAccount",
     "gcp_principal",
@@ -82,5 +89,52 @@ GCP_SERVICE_ACCOUNTS = (
     SandboxServiceAccount(
         f"bob@{GCP_PROJECT_ID}.iam.gserviceaccount.com", ("bob-data",), ("shared-refs",),
         ("bob",),
+    ),
+)  # fmt: skip
+
+
+# Azure: one tenant with a user-assigned managed identity per user (and one for the genomics
+# workspace), each with one federated credential (issuer = the issuer URL, subject
+# "credsidecar:azure:NAME", audience api://AzureADTokenExchange) and roles on blob containers
+# named like the buckets, in one storage account.
+AZURE_TENANT_ID = "00000000-0000-4000-8000-000000000001"
+AZURE_SUBSCRIPTION_ID = "00000000-0000-4000-8000-000000000002"
+AZURE_RESOURCE_GROUP = "credsidecar-sandbox"
+AZURE_STORAGE_ACCOUNT = "sandbox"
+
+
+@dataclass(frozen=True)
+class SandboxManagedIdentity:
+    name: str
+    client_id: str
+    object_id: str  # the service principal's object id: `oid` (and `sub`) of its tokens
+    read_write: tuple[str, ...]  # containers: Storage Blob Data Contributor
+    read_only: tuple[str, ...]  # containers: Storage Blob Data Reader
+
+    @property
+    def subject(self) -> str:
+        """The subject of its federated credential (the policy's default for the identity)."""
+        return f"credsidecar:azure:{self.name}"
+
+    @property
+    def resource_id(self) -> str:
+        return (
+            f"/subscriptions/{AZURE_SUBSCRIPTION_ID}/resourceGroups/{AZURE_RESOURCE_GROUP}"
+            f"/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{self.name}"
+        )
+
+
+AZURE_IDENTITIES = (
+    SandboxManagedIdentity(
+        "alice", "00000000-0000-4000-8000-0000000000a2", "00000000-0000-4000-8000-0000000000b2",
+        ("alice-data",), ("shared-refs",),
+    ),
+    SandboxManagedIdentity(
+        "bob", "00000000-0000-4000-8000-0000000000a3", "00000000-0000-4000-8000-0000000000b3",
+        ("bob-data",), ("shared-refs",),
+    ),
+    SandboxManagedIdentity(
+        "genomics-pipelines", "00000000-0000-4000-8000-0000000000a1",
+        "00000000-0000-4000-8000-0000000000b1", (), ("shared-refs",),
     ),
 )  # fmt: skip
