@@ -5,6 +5,7 @@ read it (DESIGN.md, GCP): `GET /` answers the ping; everything under /computeMet
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -22,6 +23,8 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 FLAVOR = {"Metadata-Flavor": "Google"}
 V1 = "/computeMetadata/v1"
 UNIVERSE = "googleapis.com"
+_JSON_HEADERS = {"Content-Type": "application/json", **FLAVOR}
+MAX_ESCAPED = 64
 
 
 def add_flavor(response: web.StreamResponse) -> None:
@@ -65,11 +68,16 @@ class GcpEndpoints:
         self._who = dict(who)
         self._wall = wall
         self._served: set[tuple[str, float]] = set()
+        self._escaped: dict[str, str] = {}
 
     def routes(self) -> list[web.RouteDef]:
         sa = f"{V1}/instance/service-accounts/{{account}}"
         return [
             web.get("/", self.ping),
+            # The default account's hot paths as static routes: aiohttp resolves those with one
+            # dict lookup instead of trying each {account} pattern in turn.
+            web.get(f"{V1}/instance/service-accounts/default/token", self.token),
+            web.get(f"{V1}/instance/service-accounts/default/identity", self.identity),
             web.get(f"{V1}/", self.listing("instance/\nproject/\nuniverse/\n")),
             web.get(f"{V1}/instance/", self.listing("service-accounts/\n")),
             web.get(f"{V1}/instance/service-accounts/", self.accounts),
@@ -103,15 +111,18 @@ class GcpEndpoints:
     def _account_ok(self, request: web.Request) -> bool:
         return request.match_info.get("account") in ("default", self._email)
 
-    async def _checked(
-        self, request: web.Request, handler: Callable[[], web.Response]
-    ) -> web.Response:
+    def _refusal(self, request: web.Request) -> web.Response | None:
         missing = self._flavor_missing(request)
         if missing is not None:
             return missing
         if "account" in request.match_info and not self._account_ok(request):
             return _text(f"no service account {request.match_info['account']!r} here\n", 404)
-        return handler()
+        return None
+
+    async def _checked(
+        self, request: web.Request, handler: Callable[[], web.Response]
+    ) -> web.Response:
+        return self._refusal(request) or handler()
 
     # handlers -----------------------------------------------------------------------------------
 
@@ -177,9 +188,9 @@ class GcpEndpoints:
                               expiry=int(entry.wall_expiry), path=path)  # fmt: skip
 
     async def token(self, request: web.Request) -> web.Response:
-        checked = await self._checked(request, lambda: _text(""))
-        if checked.status != 200:
-            return checked
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
         raw = request.query.get("scopes", "")
         scopes = tuple(sorted({s for s in raw.replace(" ", ",").split(",") if s})) or (
             CLOUD_PLATFORM,
@@ -191,14 +202,20 @@ class GcpEndpoints:
         self._audit_served("access_token", ",".join(scopes), entry, request.path)
         # Lifetimes are computed at response time; google-auth reads expires_in as an integer.
         expires_in = max(0, int(entry.wall_expiry - self._wall()))
-        body = {"access_token": entry.value.access_token, "expires_in": expires_in,
-                "token_type": "Bearer"}  # fmt: skip
-        return _json(body)
+        # Only expires_in changes per response: the escaped token is encoded once per token.
+        token = entry.value.access_token
+        escaped = self._escaped.get(token)
+        if escaped is None:
+            if len(self._escaped) > MAX_ESCAPED:
+                self._escaped.clear()
+            escaped = self._escaped[token] = json.dumps(token)
+        body = f'{{"access_token":{escaped},"expires_in":{expires_in},"token_type":"Bearer"}}'
+        return web.Response(body=body.encode(), headers=_JSON_HEADERS)
 
     async def identity(self, request: web.Request) -> web.Response:
-        checked = await self._checked(request, lambda: _text(""))
-        if checked.status != 200:
-            return checked
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
         audience = request.query.get("audience", "")
         if not audience:
             return _text("audience is required: identity?audience=...\n", 400)
