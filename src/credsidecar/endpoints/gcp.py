@@ -67,8 +67,9 @@ class GcpEndpoints:
         self._audit = audit
         self._who = dict(who)
         self._wall = wall
-        self._served: set[tuple[str, float]] = set()
+        self._served: dict[tuple[str, str | tuple[str, ...]], float] = {}
         self._escaped: dict[str, str] = {}
+        self._scope_sets: dict[str, tuple[str, ...]] = {}
 
     def routes(self) -> list[web.RouteDef]:
         sa = f"{V1}/instance/service-accounts/{{account}}"
@@ -178,28 +179,37 @@ class GcpEndpoints:
     async def universe(self, request: web.Request) -> web.Response:
         return await self._checked(request, lambda: _text(UNIVERSE))
 
-    def _audit_served(self, kind: str, key: str, entry: Cached[GcpToken] | Cached[GcpIdToken],
-                      path: str) -> None:  # fmt: skip
-        marker = (f"{kind}:{key}", entry.wall_expiry)
-        if marker not in self._served:
-            self._served.add(marker)
-            self._audit.event("credentials.served", **self._who, provider="gcp",
-                              identity=self._email, kind=kind, key=key,
-                              expiry=int(entry.wall_expiry), path=path)  # fmt: skip
+    def _audit_served(self, kind: str, key: str | tuple[str, ...],
+                      entry: Cached[GcpToken] | Cached[GcpIdToken], path: str) -> None:  # fmt: skip
+        """One audit line per token obtained and first served (the last expiry per key)."""
+        if self._served.get((kind, key)) == entry.wall_expiry:
+            return
+        self._served[(kind, key)] = entry.wall_expiry
+        shown = ",".join(key) if isinstance(key, tuple) else key
+        self._audit.event("credentials.served", **self._who, provider="gcp",
+                          identity=self._email, kind=kind, key=shown,
+                          expiry=int(entry.wall_expiry), path=path)  # fmt: skip
+
+    def _parse_scopes(self, raw: str) -> tuple[str, ...]:
+        """Scope sets are few and asked for again and again: parse each raw string once."""
+        scopes = tuple(sorted({s for s in raw.replace(" ", ",").split(",") if s}))
+        if len(self._scope_sets) > MAX_ESCAPED:
+            self._scope_sets.clear()
+        self._scope_sets[raw] = scopes or (CLOUD_PLATFORM,)
+        return self._scope_sets[raw]
 
     async def token(self, request: web.Request) -> web.Response:
         refused = self._refusal(request)
         if refused is not None:
             return refused
-        raw = request.query.get("scopes", "")
-        scopes = tuple(sorted({s for s in raw.replace(" ", ",").split(",") if s})) or (
-            CLOUD_PLATFORM,
-        )
+        scopes = self._scope_sets.get(request.query.get("scopes", ""))
+        if scopes is None:
+            scopes = self._parse_scopes(request.query.get("scopes", ""))
         try:
             entry = await self._tokens.get(scopes)
         except CredsidecarError as exc:
             return _error(exc)
-        self._audit_served("access_token", ",".join(scopes), entry, request.path)
+        self._audit_served("access_token", scopes, entry, request.path)
         # Lifetimes are computed at response time; google-auth reads expires_in as an integer.
         expires_in = max(0, int(entry.wall_expiry - self._wall()))
         # Only expires_in changes per response: the escaped token is encoded once per token.
