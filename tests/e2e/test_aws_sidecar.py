@@ -36,19 +36,6 @@ BOTO3_CLIENT = [sys.executable, str(Path(__file__).parent / "clients" / "boto3_s
 AWS = str(Path(sys.executable).parent / "aws")
 
 
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[IssuerProcess, SandboxProcess]]:
-    base = tmp_path_factory.mktemp("stack")
-    issuer = IssuerProcess(base / "issuer")
-    issuer.start()
-    sandbox = SandboxProcess(base, issuer.url)
-    yield issuer, sandbox
-    stop_process(sandbox.proc)
-    issuer.stop()
-
-
 @pytest.fixture
 def issuer(stack: tuple[IssuerProcess, SandboxProcess]) -> IssuerProcess:
     return stack[0]

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,11 @@ from tests.e2e.processes import (
     SandboxProcess,
     SidecarProcess,
     run_client,
-    stop_process,
 )
 from tests.e2e.test_aws_sidecar import _status
 
 GOOGLE_CLIENT = [sys.executable, str(Path(__file__).parent / "clients" / "google_clients.py")]
 V1 = "/computeMetadata/v1"
-
-
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[IssuerProcess, SandboxProcess]]:
-    base = tmp_path_factory.mktemp("gcp-stack")
-    issuer = IssuerProcess(base / "issuer")
-    issuer.start()
-    sandbox = SandboxProcess(base, issuer.url)
-    yield issuer, sandbox
-    stop_process(sandbox.proc)
-    issuer.stop()
 
 
 _runs = iter(range(1_000_000))

@@ -1,0 +1,23 @@
+"""The issuer and sandbox processes every end-to-end module runs its sidecars against."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.processes import IssuerProcess, SandboxProcess, stop_process
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[IssuerProcess, SandboxProcess]]:
+    """One issuer and one sandbox per test module (each module may restart the issuer)."""
+    base = tmp_path_factory.mktemp("stack")
+    issuer = IssuerProcess(base / "issuer")
+    issuer.start()
+    sandbox = SandboxProcess(base, issuer.url)
+    yield issuer, sandbox
+    stop_process(sandbox.proc)
+    issuer.stop()
