@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -38,7 +38,8 @@ from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
 
 from credsidecar.sandbox.azure_entra_errors import EntraError, error_response
-from credsidecar.sandbox.azure_state import AzureState, EntraApp, add_test_hooks, sts_issuer
+from credsidecar.sandbox.azure_state import AzureState, EntraApp, sts_issuer
+from credsidecar.sandbox.hooks import add_test_hooks, jwks_context
 from credsidecar.sandbox.jwks import JwksCache
 
 __all__ = ["KNOWN_RESOURCES", "create_entra_app"]
@@ -284,13 +285,6 @@ async def instance_discovery(request: web.Request) -> web.Response:
     )
 
 
-async def _jwks_cache(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession()
-    app[JWKS] = JwksCache(session)
-    yield
-    await session.close()
-
-
 def create_entra_app(state: AzureState) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[STATE] = state
@@ -302,5 +296,5 @@ def create_entra_app(state: AzureState) -> web.Application:
     app.router.add_get("/{tenant}/discovery/v2.0/keys", keys)
     app.router.add_get("/{tenant}/discovery/keys", keys)
     add_test_hooks(app, state)
-    app.cleanup_ctx.append(_jwks_cache)
+    app.cleanup_ctx.append(jwks_context(JWKS))
     return app

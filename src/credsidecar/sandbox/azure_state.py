@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
 from joserfc.jwk import RSAKey
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "AzureState",
     "EntraApp",
     "FederatedCredential",
-    "add_test_hooks",
     "sts_issuer",
 ]
 
@@ -80,16 +78,3 @@ class AzureState:
 
     def in_outage(self) -> bool:
         return self.clock() < self.outage_until
-
-
-def add_test_hooks(app: web.Application, state: AzureState) -> None:
-    async def outage(request: web.Request) -> web.Response:
-        seconds = float((await request.json()).get("seconds", 0))
-        state.outage_until = state.clock() + seconds
-        return web.json_response({"outage_until": state.outage_until})
-
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(state.calls)
-
-    app.router.add_post("/_sandbox/outage", outage)
-    app.router.add_get("/_sandbox/stats", stats)

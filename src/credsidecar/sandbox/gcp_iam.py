@@ -28,7 +28,8 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from credsidecar.sandbox.gcp_state import CLOUD_PLATFORM, GcpState, add_test_hooks, bearer_token
+from credsidecar.sandbox.gcp_state import CLOUD_PLATFORM, GcpState, bearer_token
+from credsidecar.sandbox.hooks import add_test_hooks
 
 __all__ = ["GcpIamState", "create_gcp_iam_app", "unique_id"]
 

@@ -22,7 +22,6 @@ __all__ = [
     "AccessGrant",
     "GcpState",
     "TokenStore",
-    "add_test_hooks",
     "bearer_token",
 ]
 
@@ -84,16 +83,3 @@ def bearer_token(request: web.Request) -> str | None:
     """The token of `Authorization: Bearer ...`, or None when the header is absent or other."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def add_test_hooks(app: web.Application, state: GcpState) -> None:
-    async def outage(request: web.Request) -> web.Response:
-        seconds = float((await request.json()).get("seconds", 0))
-        state.outage_until = state.clock() + seconds
-        return web.json_response({"outage_until": state.outage_until})
-
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(state.calls)
-
-    app.router.add_post("/_sandbox/outage", outage)
-    app.router.add_get("/_sandbox/stats", stats)

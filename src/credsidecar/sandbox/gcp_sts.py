@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,8 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError
 
-from credsidecar.sandbox.gcp_state import CLOUD_PLATFORM, GcpState, add_test_hooks
+from credsidecar.sandbox.gcp_state import CLOUD_PLATFORM, GcpState
+from credsidecar.sandbox.hooks import add_test_hooks, jwks_context
 from credsidecar.sandbox.jwks import JwksCache
 
 __all__ = ["FEDERATED_LIFETIME", "GcpProvider", "GcpStsState", "create_gcp_sts_app"]
@@ -244,17 +245,10 @@ async def token(request: web.Request) -> web.Response:
     )
 
 
-async def _jwks_cache(app: web.Application) -> AsyncIterator[None]:
-    session = aiohttp.ClientSession()
-    app[JWKS] = JwksCache(session)
-    yield
-    await session.close()
-
-
 def create_gcp_sts_app(state: GcpStsState) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[STATE] = state
     app.router.add_post("/v1/token", token)
     add_test_hooks(app, state.shared)
-    app.cleanup_ctx.append(_jwks_cache)
+    app.cleanup_ctx.append(jwks_context(JWKS))
     return app

@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError
 
+from credsidecar.sandbox.hooks import add_test_hooks
 from credsidecar.sandbox.jwks import JwksCache
 from credsidecar.sandbox.moto_backend import MotoBackend
 from credsidecar.sandbox.trust import provider_id, trust_allows
@@ -189,17 +190,6 @@ async def sts_endpoint(request: web.Request) -> web.Response:
         return _error(exc.status, exc.code, exc.message)
 
 
-async def outage(request: web.Request) -> web.Response:
-    seconds = float((await request.json()).get("seconds", 0))
-    state = request.app[STATE]
-    state.outage_until = state.clock() + seconds
-    return web.json_response({"outage_until": state.outage_until})
-
-
-async def stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].calls)
-
-
 async def _resources(app: web.Application) -> Any:
     session = aiohttp.ClientSession()
     app[JWKS] = JwksCache(session)
@@ -213,7 +203,6 @@ def create_sts_app(state: StsState) -> web.Application:
     app[STATE] = state
     app.router.add_post("/", sts_endpoint)
     app.router.add_get("/", sts_endpoint)
-    app.router.add_post("/_sandbox/outage", outage)
-    app.router.add_get("/_sandbox/stats", stats)
+    add_test_hooks(app, state)
     app.cleanup_ctx.append(_resources)
     return app
