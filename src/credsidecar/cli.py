@@ -317,11 +317,19 @@ def _parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser(
         "sandbox",
         help="run only the local sandbox clouds for an issuer",
-        description="Start the sandbox clouds (moto with IAM enforcement behind a validating "
-        "STS stand-in) trusting the given issuer; print their endpoints as JSON.",
+        description="Start the sandbox clouds (AWS, GCP and Azure stand-ins that enforce "
+        "permissions) trusting the given issuer; print their endpoints, and the `serve` flags "
+        "that point a sidecar at them, as JSON.",
     )
     sandbox.add_argument("--issuer-url", required=True, help="issuer the sandbox trusts")
     sandbox.add_argument("--aws-audience", default="sts.amazonaws.com")
+    sandbox.add_argument(
+        "--azure-token-lifetime",
+        type=int,
+        default=3600,
+        help="lifetime of the Entra stand-in's access tokens in seconds (short ones exercise "
+        "renewal)",
+    )
     sandbox.add_argument("--info-file", help="also write the JSON description here")
     sandbox.set_defaults(func=_cmd_sandbox)
 

@@ -62,6 +62,8 @@ class SidecarConfig:
     azure_authority: str = AUTHORITY
     # Extra variables for the job, e.g. the sandbox's endpoints and CA.
     job_env: Mapping[str, str] = field(default_factory=dict)
+    # CA certificates trusted, besides the system's, for HTTPS to the issuer, GCP and Azure.
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         sources = [self.token_file, self.token_env, self.token_stdin or None,
@@ -202,6 +204,12 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str
         metavar="NAME=VALUE",
         help="extra variable to export to the job (the sandbox's endpoints and CA)",
     )
+    srv.add_argument(
+        "--ca-file",
+        default=_env(env, "CA_FILE"),
+        help="PEM CA certificates to trust, besides the system's, for HTTPS to the issuer, "
+        "GCP and Azure (a private issuer's CA, the sandbox's CA); AWS reads AWS_CA_BUNDLE",
+    )
     srv.add_argument("--host", default=_env(env, "HOST", "127.0.0.1"))
     srv.add_argument(
         "--port",
@@ -277,4 +285,5 @@ def from_args(args: argparse.Namespace) -> SidecarConfig:
         azure_identity=args.azure_identity,
         azure_authority=args.azure_authority,
         job_env=dict(item.split("=", 1) for item in args.job_env if "=" in item),
+        ca_file=path(args.ca_file),
     )

@@ -13,9 +13,11 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -122,6 +124,20 @@ async def _serving(app: web.Application, sock: socket.socket) -> AsyncIterator[N
         await runner.cleanup()
 
 
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's roots, plus --ca-file's certificates when given."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"--ca-file {ca_file}: cannot load CA certificates ({exc}); give a readable "
+                "file of PEM certificates"
+            ) from exc
+    return context
+
+
 async def run_sidecar(
     config: SidecarConfig,
     stop: asyncio.Event | None = None,
@@ -129,6 +145,7 @@ async def run_sidecar(
 ) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    tls = _tls_context(config.ca_file)  # a bad --ca-file stops here, before anything starts
     audit = AuditLog.open(config.audit_log)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -137,7 +154,8 @@ async def run_sidecar(
     claims = None if config.direct else read_claims(await source.read())
     who = {"user": claims.user, "run": claims.run} if claims else {"user": "direct", "run": None}
     providers: list[Provider] = []
-    async with aiohttp.ClientSession() as session:
+    connector = aiohttp.TCPConnector(ssl=tls)
+    async with aiohttp.ClientSession(connector=connector) as session:
         supplier: TokenSupplier
         if claims is None:
             supplier = DirectToken(source)

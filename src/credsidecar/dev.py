@@ -1,7 +1,8 @@
 """`credsidecar dev`: the whole flow on one machine with no cloud account.
 
 One process runs the issuer (example policy, temporary directory), the sandbox clouds (moto with
-IAM enforcement behind a validating STS stand-in) and a sidecar for the chosen user. Once the
+IAM enforcement behind a validating STS stand-in; Google STS, IAM and storage stand-ins; Entra
+and Blob storage stand-ins over HTTPS with a local CA) and a sidecar for the chosen user. Once the
 sidecar is ready the job environment is written to --env-file and a description of every piece
 to --info-file; it then runs until interrupted.
 """
@@ -58,6 +59,7 @@ def _instructions(info: dict[str, Any], env_file: Path) -> str:
     user = info["user"]
     other = "bob" if user == "alice" else "alice"
     source = f"set -a; . {shlex.quote(str(env_file))}; set +a"
+    blob_url = info["sandbox"]["azure"]["blob_url"]
     # The sandbox extra installs the aws CLI beside this Python; make sure the shell finds it.
     bin_dir = str(Path(sys.executable).parent)
     if shutil.which("aws") is None and (Path(bin_dir) / "aws").exists():
@@ -71,6 +73,7 @@ credsidecar dev is running for {user} (run {info["run"]}); Ctrl-C stops everythi
            STS stand-in {info["sandbox"]["aws"]["sts_endpoint"]}
            GCP STS {info["sandbox"]["gcp"]["sts_url"]}, IAM {info["sandbox"]["gcp"]["iam_url"]},
            storage {info["sandbox"]["gcp"]["storage_url"]}
+           Entra {info["sandbox"]["azure"]["authority_url"]}, Blob {blob_url} (HTTPS, local CA)
 
 Try it in another shell, with unmodified tools:
   {source}
@@ -82,6 +85,10 @@ Try it in another shell, with unmodified tools:
   {shlex.quote(sys.executable)} -c 'from google.cloud import storage; c = storage.Client()
 print([b.name for b in c.list_blobs("{user}-data")])   # allowed
 print(list(c.list_blobs("{other}-data")))'              # 403 Forbidden
+  {shlex.quote(sys.executable)} -c 'from azure.identity import DefaultAzureCredential as D
+from azure.storage.blob import BlobServiceClient as B; s = B("{blob_url}", credential=D())
+print([b.name for b in s.get_container_client("{user}-data").list_blobs()])  # allowed
+list(s.get_container_client("{other}-data").list_blobs())'    # AuthorizationPermissionMismatch
 
 Job environment: {env_file}   Everything else: {info["workdir"]}
 """
@@ -94,7 +101,7 @@ async def run_dev(args: argparse.Namespace) -> int:
         config, _, issuer_task = await _start_issuer(workdir, stop)
         sandbox: Sandbox | None = None
         try:
-            sandbox = await start_sandbox(config.issuer_url)
+            sandbox = await start_sandbox(config.issuer_url, workdir / "sandbox")
             run_id = f"dev-{uuid.uuid4().hex[:8]}"
             token, identities = await asyncio.to_thread(_mint, config, args.user, run_id)
             token_file = workdir / "launch-token"
@@ -107,8 +114,10 @@ async def run_dev(args: argparse.Namespace) -> int:
                 aws_sts_endpoint=sandbox.sts_url,
                 gcp_sts_url=sandbox.gcp.sts_url,
                 gcp_iam_url=sandbox.gcp.iam_url,
-                job_env=sandbox.gcp.job_env(),
-                clouds=frozenset({"aws", "gcp"}),
+                job_env=sandbox.job_env(),
+                clouds=frozenset({"aws", "gcp", "azure"}),
+                azure_authority=sandbox.azure.authority_url,
+                ca_file=Path(sandbox.azure.ca_file),
                 aws_endpoint_url=sandbox.moto.url,
                 aws_duration=args.aws_duration,
                 run_dir=workdir / "run",
@@ -154,18 +163,21 @@ async def run_dev(args: argparse.Namespace) -> int:
 
 async def run_sandbox(args: argparse.Namespace) -> int:
     """`credsidecar sandbox`: only the sandbox clouds, for an issuer running elsewhere."""
-    sandbox = await start_sandbox(args.issuer_url, args.aws_audience)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        description = sandbox.describe()
-        text = json.dumps(description, indent=2) + "\n"
-        if args.info_file:
-            await asyncio.to_thread(write_private_atomic, Path(args.info_file), text)
-        print(text, flush=True)
-        await stop.wait()
-    finally:
-        await sandbox.stop()
+    with tempfile.TemporaryDirectory(prefix="credsidecar-sandbox-") as tmp:
+        sandbox = await start_sandbox(
+            args.issuer_url, Path(tmp), args.aws_audience, args.azure_token_lifetime
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            description = sandbox.describe()
+            text = json.dumps(description, indent=2) + "\n"
+            if args.info_file:
+                await asyncio.to_thread(write_private_atomic, Path(args.info_file), text)
+            print(text, flush=True)
+            await stop.wait()
+        finally:
+            await sandbox.stop()
     return 0

@@ -27,7 +27,7 @@ from credsidecar.clouds.federation import TokenSupplier
 from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpExchanger, GcpIdToken, GcpSettings, GcpToken
 from credsidecar.config import SidecarConfig
 from credsidecar.endpoints.aws import CONTAINER_PATH, AwsEndpoints
-from credsidecar.endpoints.azure import APP_SERVICE_PATH, AzureEndpoints
+from credsidecar.endpoints.azure import APP_SERVICE_PATH, AzureEndpoints, with_error_fields
 from credsidecar.endpoints.gcp import GcpEndpoints, add_flavor
 from credsidecar.endpoints.guards import Guard, RefusalLog
 from credsidecar.errors import ConfigError
@@ -268,7 +268,7 @@ async def build_azure(ctx: Context) -> Provider | None:
         name, fetch, config.ready_timeout, on_new=obtained
     )
     secret = secrets.token_urlsafe(32)
-    guard = Guard(ctx.hosts, ctx.refusals, config.link_local)
+    guard = Guard(ctx.hosts, ctx.refusals, config.link_local, decorate=with_error_fields)
     endpoints = AzureEndpoints(tokens, identities, secret, guard, ctx.audit, ctx.who)
     az_dir = config.run_dir / "azure"
     await asyncio.to_thread(az_dir.mkdir, mode=0o700, exist_ok=True)

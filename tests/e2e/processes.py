@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -122,11 +123,12 @@ class IssuerProcess:
 
 
 class SandboxProcess:
-    def __init__(self, directory: Path, issuer_url: str) -> None:
+    def __init__(self, directory: Path, issuer_url: str, *extra: str) -> None:
         self.info_file = directory / "sandbox.json"
         self.log = directory / "sandbox.log"
         self.proc = start(
-            ["sandbox", "--issuer-url", issuer_url, "--info-file", str(self.info_file)], self.log
+            ["sandbox", "--issuer-url", issuer_url, "--info-file", str(self.info_file), *extra],
+            self.log,
         )
         wait_for(self.info_file.exists, "sandbox", self.proc, self.log)
         self.info = json.loads(self.info_file.read_text())
@@ -140,18 +142,17 @@ class SandboxProcess:
         return str(self.info["aws"]["endpoint_url"])
 
     def sidecar_args(self) -> list[str]:
-        """`credsidecar serve` flags pointing every cloud at this sandbox."""
-        gcp = self.info["gcp"]
-        exports = [f"--job-env={k}={v}" for k, v in gcp["job_env"].items()]
-        aws = ["--aws-sts-endpoint", self.sts, "--aws-endpoint-url", self.s3]
-        return [*aws, "--gcp-sts-url", gcp["sts_url"], "--gcp-iam-url", gcp["iam_url"], *exports]
+        """`credsidecar serve` flags pointing every cloud at this sandbox, as it describes them."""
+        return [str(flag) for flag in self.info["sidecar_flags"]]
 
     def outage(self, seconds: float, base: str | None = None) -> None:
         request = urllib.request.Request(
             f"{base or self.sts}/_sandbox/outage", data=json.dumps({"seconds": seconds}).encode(),
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
-        urllib.request.urlopen(request, timeout=5).close()
+        # The Azure stand-ins are HTTPS with the sandbox's own CA.
+        context = ssl.create_default_context(cafile=self.info["azure"]["ca_file"])
+        urllib.request.urlopen(request, timeout=5, context=context).close()
 
     def sts_calls(self) -> int:
         with urllib.request.urlopen(f"{self.sts}/_sandbox/stats", timeout=5) as resp:

@@ -324,7 +324,8 @@ def _status(method: str, url: str, headers: dict[str, str]) -> int:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        conn.putrequest(method, parts.path, skip_host=True)
+        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        conn.putrequest(method, target, skip_host=True)
         for name, value in headers.items():
             conn.putheader(name, value)
         conn.endheaders()

@@ -44,6 +44,18 @@ def test_dev_lets_alice_list_her_buckets_and_refuses_bobs(tmp_path: Path) -> Non
         assert google.returncode == 0, google.stderr
         result = json.loads(google.stdout)
         assert (result["list_own"], result["list_other"]) == ("ok", "Forbidden")
+        # And unmodified Azure clients, over the sandbox's HTTPS, as alice.
+        assert info["sandbox"]["azure"]["blob_url"] in printed
+        azure = info["sandbox"]["azure"]
+        keys = f"{azure['authority_url']}/{azure['tenant_id']}/discovery/v2.0/keys"
+        client = Path(__file__).parent / "clients" / "azure_clients.py"
+        done = run_client([sys.executable, str(client), "alice", azure["blob_url"], keys], env)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert (
+            result["write_own"] == "ok"
+            and result["list_other"] == "AuthorizationPermissionMismatch"
+        )
     finally:
         code = stop_process(proc, signal.SIGINT)
     assert code == 0, log.read_text()[-2000:]

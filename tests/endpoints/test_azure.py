@@ -16,7 +16,12 @@ from aiohttp.test_utils import TestClient
 from credsidecar.audit import AuditLog
 from credsidecar.cache import CacheFamily
 from credsidecar.clouds.azure import AzureIdentityRef, AzureToken
-from credsidecar.endpoints.azure import APP_SERVICE_PATH, IMDS_PATH, AzureEndpoints
+from credsidecar.endpoints.azure import (
+    APP_SERVICE_PATH,
+    IMDS_PATH,
+    AzureEndpoints,
+    with_error_fields,
+)
 from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.errors import Forbidden, Unavailable
 from credsidecar.issuer.example import free_port
@@ -57,7 +62,7 @@ async def azure(aiohttp_client: Callable[..., Any]) -> Azure:
     audit = AuditLog(stream)
     tokens: CacheFamily[tuple[str, str], AzureToken] = CacheFamily("Azure", entra.fetch, 5)
     port = free_port()
-    guard = Guard(allowed_hosts(port), RefusalLog(audit))
+    guard = Guard(allowed_hosts(port), RefusalLog(audit), decorate=with_error_fields)
     endpoints = AzureEndpoints(tokens, [ALICE, SHARED], SECRET, guard, audit,
                                {"user": "alice", "run": "r1"})  # fmt: skip
     app = web.Application()
@@ -152,6 +157,23 @@ async def test_permanent_refusal_is_403_with_entras_explanation(azure: Azure) ->
     resp = await azure.client.get(app_service(), headers={"X-IDENTITY-HEADER": SECRET})
     assert resp.status == 403
     assert "AADSTS70021" in (await resp.json())["error_description"]
+
+
+async def test_every_error_carries_the_fields_msal_reports(azure: Azure) -> None:
+    """MSAL's App Service client shows only `statusCode, message` of an error body."""
+    header = {"X-IDENTITY-HEADER": SECRET}
+    azure.entra.error = Unavailable("Entra is unreachable for alice", retry_after=7)
+    cases = [
+        (app_service(), header, 503, "Entra is unreachable for alice"),
+        (app_service(), {}, 401, "IDENTITY_HEADER"),  # the guard's refusal
+        (app_service(), {**header, "Origin": "http://evil.example"}, 403, "browser"),
+        (app_service(client_id="nobody"), header, 400, "'nobody' is not granted"),
+    ]
+    for path, headers, status, words in cases:
+        resp = await azure.client.get(path, headers=headers)
+        body = await resp.json()
+        assert resp.status == status and body["statusCode"] == str(status), body
+        assert words in body["message"] and body["message"] == body["error_description"]
 
 
 async def test_served_tokens_are_audited_without_the_token(azure: Azure) -> None:

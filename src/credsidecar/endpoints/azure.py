@@ -9,6 +9,7 @@ azure-identity takes a 400 as "no managed identity here" for good.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -20,7 +21,7 @@ from credsidecar.clouds.azure import AzureIdentityRef, AzureToken
 from credsidecar.endpoints.guards import Guard, secrets_match
 from credsidecar.errors import BadRequest, CredsidecarError, InvalidGrant
 
-__all__ = ["APP_SERVICE_PATH", "IMDS_PATH", "AzureEndpoints"]
+__all__ = ["APP_SERVICE_PATH", "IMDS_PATH", "AzureEndpoints", "with_error_fields"]
 
 APP_SERVICE_PATH = "/msi/token"
 IMDS_PATH = "/metadata/identity/oauth2/token"
@@ -28,19 +29,35 @@ IMDS_PATH = "/metadata/identity/oauth2/token"
 TokenKey = tuple[str, str]  # (identity name, resource)
 
 
+def _error(body: Mapping[str, str], status: int, headers: Mapping[str, str] | None = None
+           ) -> web.Response:  # fmt: skip
+    # MSAL's App Service client reports only `statusCode` and `message` of an error body; IMDS
+    # clients read the OAuth `error` and `error_description`: give both.
+    full = {**body, "statusCode": str(status), "message": body.get("error_description", "")}
+    return web.json_response(full, status=status, headers=headers)
+
+
+def with_error_fields(response: web.StreamResponse) -> None:
+    """Guard decorator: the same error fields on the guard's refusals."""
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        body = json.loads(response.body)
+        body.setdefault("statusCode", str(response.status))
+        body.setdefault("message", body.get("error_description", ""))
+        response.body = json.dumps(body).encode()
+
+
 def _invalid(message: str) -> web.Response:
-    return web.json_response({"error": "invalid_request", "error_description": message},
-                             status=400)  # fmt: skip
+    return _error({"error": "invalid_request", "error_description": message}, 400)
 
 
 def _failure(exc: CredsidecarError) -> web.Response:
     if exc.retryable:
         retry = str(getattr(exc, "retry_after", 5))
-        return web.json_response(exc.to_json(), status=503, headers={"Retry-After": retry})
+        return _error(exc.to_json(), 503, {"Retry-After": retry})
     # A wrong request (unknown resource) is 400; a refusal retrying will not change (no
     # matching federated credential, revoked run) is 403 with Entra's explanation.
     wrong_request = isinstance(exc, BadRequest) and not isinstance(exc, InvalidGrant)
-    return web.json_response(exc.to_json(), status=400 if wrong_request else 403)
+    return _error(exc.to_json(), 400 if wrong_request else 403)
 
 
 class AzureEndpoints:

@@ -107,7 +107,8 @@ class Guard:
         link_local: bool = False,
         decorate: Callable[[web.StreamResponse], None] | None = None,
     ) -> None:
-        """`decorate` adds headers a contract wants on refusals too (GCP's Metadata-Flavor)."""
+        """`decorate` adds what a contract wants on refusals too (GCP's Metadata-Flavor header,
+        the error fields MSAL reads on Azure)."""
         self._hosts = hosts
         self._refusals = refusals
         self._link_local = link_local

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from credsidecar.sandbox.azure_runner import AzureSandbox, start_azure_sandbox
+from credsidecar.sandbox.azure_state import ACCESS_TOKEN_LIFETIME
 from credsidecar.sandbox.gcp_runner import GcpSandbox, start_gcp_sandbox
 from credsidecar.sandbox.moto_backend import REGION, MotoBackend
 from credsidecar.sandbox.seed import ACCOUNT, REFERENCE_KEY, ROLES
@@ -23,7 +26,21 @@ class Sandbox:
     moto: MotoBackend
     sts_url: str
     gcp: GcpSandbox
+    azure: AzureSandbox
     _runner: web.AppRunner
+
+    def job_env(self) -> dict[str, str]:
+        """Variables a job needs to reach the sandbox (GCP storage) and trust its HTTPS."""
+        return {**self.gcp.job_env(), **self.azure.job_env()}
+
+    def sidecar_flags(self) -> list[str]:
+        """`credsidecar serve` flags pointing every cloud at this sandbox."""
+        return [
+            "--aws-sts-endpoint", self.sts_url, "--aws-endpoint-url", self.moto.url,
+            "--gcp-sts-url", self.gcp.sts_url, "--gcp-iam-url", self.gcp.iam_url,
+            "--azure-authority", self.azure.authority_url, "--ca-file", self.azure.ca_file,
+            *(f"--job-env={name}={value}" for name, value in self.job_env().items()),
+        ]  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -41,15 +58,24 @@ class Sandbox:
             },
             "users": ["alice", "bob"],
             **self.gcp.describe(),
+            **self.azure.describe(),
+            "sidecar_flags": self.sidecar_flags(),
         }
 
     async def stop(self) -> None:
+        await self.azure.stop()
         await self.gcp.stop()
         await self._runner.cleanup()
         await asyncio.to_thread(self.moto.stop)
 
 
-async def start_sandbox(issuer_url: str, aws_audience: str = "sts.amazonaws.com") -> Sandbox:
+async def start_sandbox(
+    issuer_url: str,
+    directory: Path,
+    aws_audience: str = "sts.amazonaws.com",
+    azure_token_lifetime: int = ACCESS_TOKEN_LIFETIME,
+) -> Sandbox:
+    """Every sandbox cloud trusting `issuer_url`; the Azure CA's files go to `directory`."""
     moto = await asyncio.to_thread(MotoBackend.start)
     state = StsState(
         moto=moto,
@@ -64,4 +90,7 @@ async def start_sandbox(issuer_url: str, aws_audience: str = "sts.amazonaws.com"
     await site.start()
     port = sock.getsockname()[1]
     gcp = await start_gcp_sandbox(issuer_url)
-    return Sandbox(moto, f"http://127.0.0.1:{port}", gcp, runner)
+    azure = await start_azure_sandbox(
+        issuer_url, directory / "azure", token_lifetime=azure_token_lifetime
+    )
+    return Sandbox(moto, f"http://127.0.0.1:{port}", gcp, azure, runner)

@@ -1,0 +1,198 @@
+"""The real sidecar serving Azure: unmodified azure-identity and azure-storage-blob.
+
+Issuer, sandbox and sidecar are separate processes; clients get only what `credsidecar env`
+prints (plus the Blob account URL, which no variable carries). The sandbox's Entra stand-in
+validates the issuer's token as a client assertion against each managed identity's federated
+credentials; its Blob storage enforces per-identity container roles. Entra tokens here live
+12 s, so every test also crosses renewals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from credsidecar.sandbox.seed import AZURE_IDENTITIES
+from tests.e2e.processes import (
+    IssuerProcess,
+    SandboxProcess,
+    SidecarProcess,
+    run_client,
+    stop_process,
+    wait_for,
+)
+from tests.e2e.test_aws_sidecar import _status
+
+AZURE_CLIENT = [sys.executable, str(Path(__file__).parent / "clients" / "azure_clients.py")]
+IDENTITY = {i.name: i for i in AZURE_IDENTITIES}
+LIFETIME = 12
+
+_runs = iter(range(1_000_000))
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[IssuerProcess, SandboxProcess]]:
+    """As conftest's, with short-lived Entra tokens."""
+    base = tmp_path_factory.mktemp("azure-stack")
+    issuer = IssuerProcess(base / "issuer")
+    issuer.start()
+    sandbox = SandboxProcess(base, issuer.url, "--azure-token-lifetime", str(LIFETIME))
+    yield issuer, sandbox
+    stop_process(sandbox.proc)
+    issuer.stop()
+
+
+def azure_sidecar(
+    stack: tuple[IssuerProcess, SandboxProcess], directory: Path, user: str, *extra: str,
+    run: str | None = None,
+) -> SidecarProcess:  # fmt: skip
+    issuer, sandbox = stack
+    token = issuer.mint(user, run or f"azure-{os.getpid()}-{next(_runs)}")["token"]
+    return SidecarProcess(directory, token, sandbox, *extra, cloud="azure")
+
+
+def client_args(sandbox: SandboxProcess, user: str, *client_ids: str) -> list[str]:
+    azure = sandbox.info["azure"]
+    keys = f"{azure['authority_url']}/{azure['tenant_id']}/discovery/v2.0/keys"
+    return [*AZURE_CLIENT, user, azure["blob_url"], keys, *client_ids]
+
+
+@pytest.mark.parametrize("user", ["alice", "bob"])
+def test_azure_clients_act_as_the_user(
+    stack: tuple[IssuerProcess, SandboxProcess], tmp_path: Path, user: str
+) -> None:
+    sandbox = stack[1]
+    shared, other = IDENTITY["genomics-pipelines"], IDENTITY["bob" if user == "alice" else "alice"]
+    sidecar = azure_sidecar(stack, tmp_path / user, user)
+    try:
+        done = run_client(client_args(sandbox, user, shared.client_id, other.client_id),
+                          sidecar.env)  # fmt: skip
+    finally:
+        sidecar.stop()
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    mine = IDENTITY[user]
+    tenant = sandbox.info["azure"]["tenant_id"]
+    expected = {"oid": mine.object_id, "appid": mine.client_id, "tid": tenant,
+                "aud": "https://storage.azure.com"}  # fmt: skip
+    assert result["managed_identity"] == expected  # verified against the Entra stand-in's keys
+    assert result["default_credential"] == expected
+    assert result["write_own"] == "ok" and "hello.txt" in result["list_own"]
+    assert result["read_shared"].startswith(">chr1")
+    assert result["list_other"] == "AuthorizationPermissionMismatch"
+    assert result["write_shared"] == "AuthorizationPermissionMismatch"
+    # A second identity the launch grants (the workspace's), selected by client id ...
+    assert result["selected"][shared.client_id]["appid"] == shared.client_id
+    assert result["selected"][shared.client_id]["oid"] == shared.object_id
+    # ... and one it does not, refused with a message the SDK shows.
+    refused = result["selected"][other.client_id]["error"]
+    assert f"identity '{other.client_id}' is not granted" in refused
+    assert mine.client_id in refused and shared.client_id in refused
+    obtained = sidecar.audit_events("credentials.obtained")
+    resources = {(e["identity"], e["resource"]) for e in obtained}
+    assert (user, "https://storage.azure.com") in resources
+    assert ("genomics-pipelines", "https://storage.azure.com") in resources
+
+
+def test_renewal_across_several_lifetimes_is_invisible_to_clients(
+    stack: tuple[IssuerProcess, SandboxProcess], tmp_path: Path
+) -> None:
+    sandbox = stack[1]
+    sidecar = azure_sidecar(stack, tmp_path / "renew", "alice")
+    try:
+        done = run_client([*AZURE_CLIENT, "loop", sandbox.info["azure"]["blob_url"], "30"],
+                          sidecar.env)  # fmt: skip
+    finally:
+        sidecar.stop()
+    result = json.loads(done.stdout)
+    assert result["errors"] == [], done.stderr
+    assert result["ok"] > 40
+    storage = [e for e in sidecar.audit_events("credentials.obtained")
+               if e["resource"] == "https://storage.azure.com"]  # fmt: skip
+    assert len(storage) >= 4, f"12 s tokens renewed at ~6 s for 30 s: {storage}"
+    expiries = [e["expiry"] for e in storage]
+    assert expiries == sorted(expiries) and len(set(expiries)) == len(expiries)
+
+
+def test_entra_outage_shorter_than_validity_causes_no_client_error(
+    stack: tuple[IssuerProcess, SandboxProcess], tmp_path: Path
+) -> None:
+    """12 s tokens renewed at ~6 s; Entra is down from 4 s to 9 s, while the token is valid."""
+    sandbox = stack[1]
+    sidecar = azure_sidecar(stack, tmp_path / "outage", "alice")
+    try:
+        client = subprocess.Popen(
+            [*AZURE_CLIENT, "loop", sandbox.info["azure"]["blob_url"], "20"],
+            env=sidecar.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        first = sidecar.audit_events("credentials.obtained")[0]["ts"]
+        time.sleep(max(0.0, first + 4 - time.time()))
+        sandbox.outage(5, base=sandbox.info["azure"]["authority_url"])
+        out, err = client.communicate(timeout=90)
+    finally:
+        sidecar.stop()
+    assert json.loads(out)["errors"] == [], err
+    assert "renewing Azure" in sidecar.log.read_text()  # the outage met a renewal
+
+
+def test_every_guard_on_the_running_daemon(
+    stack: tuple[IssuerProcess, SandboxProcess], tmp_path: Path
+) -> None:
+    sidecar = azure_sidecar(stack, tmp_path / "guards", "alice")
+    try:
+        endpoint = sidecar.env["IDENTITY_ENDPOINT"]
+        query = "?api-version=2019-08-01&resource=https://storage.azure.com"
+        app_service = f"{endpoint}{query}"
+        imds = f"{sidecar.env['AZURE_POD_IDENTITY_AUTHORITY_HOST']}/metadata/identity/oauth2/token"
+        host = {"Host": urllib.parse.urlsplit(endpoint).netloc}
+        secret = {**host, "X-IDENTITY-HEADER": sidecar.env["IDENTITY_HEADER"]}
+        assert _status("GET", app_service, secret) == 200
+        assert _status("GET", app_service, host) == 401
+        assert _status("GET", app_service, {**host, "X-IDENTITY-HEADER": "guess"}) == 401
+        assert _status("GET", f"{imds}{query}", {**host, "Metadata": "true"}) == 200
+        assert _status("GET", f"{imds}{query}", host) == 400  # no Metadata header
+        assert _status("GET", app_service, {**secret, "X-Forwarded-For": "10.0.0.1"}) == 403
+        assert _status("GET", app_service, {**secret, "Host": "rebind.attacker.example"}) == 403
+        assert _status("GET", app_service, {**secret, "Origin": "http://a.example"}) == 403
+        assert _status("GET", app_service, {**secret, "Sec-Fetch-Mode": "no-cors"}) == 403
+        assert _status("GET", app_service.replace("resource=", "x="), secret) == 400
+    finally:
+        sidecar.stop()
+    refused = {e["reason"] for e in sidecar.audit_events("request.refused")}
+    assert "unexpected Host header (possible DNS rebinding)" in refused
+    assert "missing or wrong X-IDENTITY-HEADER" in refused
+    assert sidecar.env["IDENTITY_HEADER"] not in sidecar.audit.read_text()
+    assert sidecar.env["IDENTITY_HEADER"] not in sidecar.log.read_text()
+
+
+def test_revoked_run_is_refused_once_the_token_in_hand_expires(
+    stack: tuple[IssuerProcess, SandboxProcess], tmp_path: Path
+) -> None:
+    issuer, sandbox = stack
+    run = f"azure-revoked-{os.getpid()}"
+    sidecar = azure_sidecar(stack, tmp_path / "revoked", "alice", run=run)
+    try:
+        status, _ = issuer.post(f"/v1/runs/{run}/revoke", {"reason": "security review"})
+        assert status == 200
+
+        def refused() -> Any:
+            done = run_client(client_args(sandbox, "alice"), sidecar.env)
+            return done.returncode != 0 and "revoked" in done.stderr and done
+
+        wait_for(refused, "the sidecar to refuse the revoked run", sidecar.proc, timeout=40)
+        done = refused()
+        assert f"run '{run}'" in done.stderr  # the SDK's message names the run
+    finally:
+        sidecar.stop()
+    assert len(sidecar.audit_events("credentials.obtained")) >= 1
