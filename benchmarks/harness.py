@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -116,12 +117,13 @@ def fetch(
     headers: dict[str, str] | None = None,
     data: bytes | None = None,
     timeout: float = 10,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes, dict[str, str]]:
     """Status, body and response headers."""
-    # Only ever the http:// URLs of servers this benchmark started.
+    # Only ever the URLs of servers this benchmark started.
     request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:  # noqa: S310
             return resp.status, resp.read(), dict(resp.headers.items())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), dict(exc.headers.items())
@@ -200,16 +202,9 @@ class Upstream:
 
     def sidecar_args(self, cloud: str) -> list[str]:
         """`credsidecar serve` flags serving only `cloud`, pointed at this sandbox."""
-        if cloud == "aws":
-            flags = ["--aws-sts-endpoint", self.sts, "--aws-endpoint-url", self.s3]
-        elif cloud == "gcp":
-            gcp = self.info["gcp"]
-            flags = ["--gcp-sts-url", str(gcp["sts_url"]), "--gcp-iam-url", str(gcp["iam_url"])]
-        else:
-            raise ValueError(f"no benchmark for cloud {cloud!r}")
         # Only this cloud: the launch token carries identities for the others too, and they
         # would be fetched from the real clouds.
-        return ["--clouds", cloud, *flags]
+        return ["--clouds", cloud, *map(str, self.info["sidecar_flags"])]
 
     def mint(self, run: str, user: str = "alice") -> str:
         body = json.dumps({"user": user, "run": run, "workspace": "genomics"}).encode()
@@ -236,12 +231,22 @@ class Upstream:
             raise RuntimeError(f"GCP sandbox stats: HTTP {status}")
         return {str(k): int(v) for k, v in json.loads(raw).items()}
 
+    def azure_stats(self) -> dict[str, int]:
+        """Calls per method of the Entra stand-in ("entra.token", ...), over its HTTPS."""
+        azure = self.info["azure"]
+        context = ssl.create_default_context(cafile=azure["ca_file"])
+        url = f"{azure['authority_url']}/_sandbox/stats"
+        status, raw, _ = fetch("GET", url, timeout=5, context=context)
+        if status != 200:
+            raise RuntimeError(f"Azure sandbox stats: HTTP {status}")
+        return {str(k): int(v) for k, v in json.loads(raw).items()}
+
     def exchanges(self, run: str) -> int:
         audit = self.issuer_dir / "audit.jsonl"
         return len(read_events(audit, "token.exchanged", {"run": run}))
 
 
-def start_upstream(procs: Processes, work: Path, core: int) -> Upstream:
+def start_upstream(procs: Processes, work: Path, core: int, *sandbox_args: str) -> Upstream:
     from credsidecar.issuer.example import free_port, write_example
 
     issuer_dir = work / "issuer"
@@ -254,7 +259,9 @@ def start_upstream(procs: Processes, work: Path, core: int) -> Upstream:
     info_file = work / "sandbox.json"
     log = work / "sandbox.log"
     proc = procs.start(
-        [*CLI, "sandbox", "--issuer-url", url, "--info-file", str(info_file)], log, core
+        [*CLI, "sandbox", "--issuer-url", url, "--info-file", str(info_file), *sandbox_args],
+        log,
+        core,
     )
     wait_until(info_file.exists, "sandbox", proc, log)
     return Upstream(url, issuer_dir, api_key, json.loads(info_file.read_text()))
@@ -284,6 +291,8 @@ class Sidecar:
     def url(self) -> str:
         if "AWS_EC2_METADATA_SERVICE_ENDPOINT" in self.env:
             return self.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
+        if "AZURE_POD_IDENTITY_AUTHORITY_HOST" in self.env:
+            return self.env["AZURE_POD_IDENTITY_AUTHORITY_HOST"]
         return "http://" + self.env["GCE_METADATA_HOST"]
 
     @property
@@ -955,8 +964,8 @@ class Bench:
         assert self._upstream is not None, "start_upstream first"
         return self._upstream
 
-    def start_upstream(self) -> Upstream:
-        self._upstream = start_upstream(self.procs, self.work, self.client_core)
+    def start_upstream(self, *sandbox_args: str) -> Upstream:
+        self._upstream = start_upstream(self.procs, self.work, self.client_core, *sandbox_args)
         return self._upstream
 
 
@@ -984,7 +993,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def benchmark(args: argparse.Namespace) -> Iterator[Bench]:
+def benchmark(args: argparse.Namespace, sandbox_args: tuple[str, ...] = ()) -> Iterator[Bench]:
     """Checks the tools, prints the machine, and stops every child on the way out (errors,
     Ctrl-C and SIGTERM included). Raises SystemExit(2) when wrk or taskset is missing."""
     if shutil.which("wrk") is None:
@@ -1017,7 +1026,7 @@ def benchmark(args: argparse.Namespace) -> Iterator[Bench]:
     bench = Bench(args, server_core, client_core, work, Processes())
     try:
         with section("upstream: issuer + sandbox (pinned to the client core)"):
-            bench.start_upstream()
+            bench.start_upstream(*sandbox_args)
         yield bench
     finally:
         bench.procs.stop_all()

@@ -27,6 +27,8 @@ APP_SERVICE_PATH = "/msi/token"
 IMDS_PATH = "/metadata/identity/oauth2/token"
 
 TokenKey = tuple[str, str]  # (identity name, resource)
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+MAX_FIXED = 256  # pre-serialised bodies kept (identities x resources x two paths)
 
 
 def _error(body: Mapping[str, str], status: int, headers: Mapping[str, str] | None = None
@@ -78,7 +80,8 @@ class AzureEndpoints:
         self._audit = audit
         self._who = dict(who)
         self._wall = wall
-        self._served: set[tuple[TokenKey, float]] = set()
+        self._served: dict[TokenKey, float] = {}
+        self._fixed: dict[tuple[str, str, bool], tuple[Cached[AzureToken], str]] = {}
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(APP_SERVICE_PATH, self.app_service), web.get(IMDS_PATH, self.imds)]
@@ -109,27 +112,43 @@ class AzureEndpoints:
         except CredsidecarError as exc:
             return _failure(exc)
         self._audit_served(identity, resource, entry, request.path)
+        expires_in = max(0, int(entry.wall_expiry) - int(self._wall()))  # at response time
+        fixed = self._fixed.get((identity.name, resource, app_service))
+        if fixed is None or fixed[0] is not entry:
+            fixed = (entry, self._fixed_fields(identity, resource, entry, app_service))
+            if len(self._fixed) > MAX_FIXED:
+                self._fixed.clear()
+            self._fixed[(identity.name, resource, app_service)] = fixed
+        # App Service sends expires_in as a number, IMDS (with ext_expires_in) as a string.
+        if app_service:
+            tail = f'"expires_in":{expires_in}}}'
+        else:
+            tail = f'"expires_in":"{expires_in}","ext_expires_in":"{expires_in}"}}'
+        return web.Response(body=(fixed[1] + tail).encode(), headers=_JSON_HEADERS)
+
+    @staticmethod
+    def _fixed_fields(identity: AzureIdentityRef, resource: str, entry: Cached[AzureToken],
+                      app_service: bool) -> str:  # fmt: skip
+        """The body up to expires_in, which alone changes between responses for one token:
+        serialised once per token rather than at every request."""
         expires_on = int(entry.wall_expiry)
-        expires_in = max(0, expires_on - int(self._wall()))  # computed at response time
-        body: dict[str, object] = {
+        fields: dict[str, object] = {
             "access_token": entry.value.access_token,
             "expires_on": str(expires_on),  # epoch seconds as a string, as both services send
             "resource": resource,
             "token_type": "Bearer",
             "client_id": identity.client_id,
         }
-        # App Service sends expires_in as a number, IMDS as a string.
-        body["expires_in"] = expires_in if app_service else str(expires_in)
         if not app_service:
-            body["ext_expires_in"] = str(expires_in)
-            body["not_before"] = str(int(entry.wall_expiry - entry.lifetime))
-        return web.json_response(body)
+            fields["not_before"] = str(int(entry.wall_expiry - entry.lifetime))
+        return json.dumps(fields, separators=(",", ":"))[:-1] + ","
 
     def _audit_served(self, identity: AzureIdentityRef, resource: str, entry: Cached[AzureToken],
                       path: str) -> None:  # fmt: skip
-        marker = ((identity.name, resource), entry.wall_expiry)
-        if marker not in self._served:
-            self._served.add(marker)
+        # One line per token served, not per request; the last expiry per key keeps this bounded.
+        key = (identity.name, resource)
+        if self._served.get(key) != entry.wall_expiry:
+            self._served[key] = entry.wall_expiry
             self._audit.event("credentials.served", **self._who, provider="azure",
                               identity=identity.name, client_id=identity.client_id,
                               resource=resource, expiry=int(entry.wall_expiry),

@@ -20,11 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
-from joserfc import jwt
-from joserfc.errors import JoseError
 
 from credsidecar.sandbox.azure_blob_store import BlobError, Container, StoredBlob
-from credsidecar.sandbox.azure_state import STORAGE_RESOURCE, AzureState, sts_issuer
+from credsidecar.sandbox.azure_state import (
+    STORAGE_RESOURCE,
+    AzureState,
+    TokenRejected,
+    verify_access_token,
+)
 
 __all__ = [
     "STATE",
@@ -73,19 +76,9 @@ def authenticate(state: AzureState, authorization: str | None) -> Principal:
             "keys: use an Entra token.)",
         )
     try:
-        claims = jwt.decode(token.strip(), state.signing_key, algorithms=["RS256"]).claims
-    except (JoseError, ValueError) as exc:
-        raise _invalid("Signature validation failed. Signature is invalid.") from exc
-    if claims.get("iss") != sts_issuer(state.tenant_id):
-        raise _invalid("Issuer validation failed. Issuer did not match.")
-    if claims.get("aud") not in STORAGE_AUDIENCES:
-        raise _invalid("Audience validation failed. Audience did not match.")
-    now = state.clock()
-    exp, nbf = claims.get("exp"), claims.get("nbf", 0)
-    if not isinstance(exp, int | float) or exp <= now:
-        raise _invalid("Lifetime validation failed. The token is expired.")
-    if not isinstance(nbf, int | float) or nbf > now:
-        raise _invalid("Lifetime validation failed. The token is not yet valid.")
+        claims = verify_access_token(state, token.strip(), STORAGE_AUDIENCES)
+    except TokenRejected as exc:
+        raise _invalid(str(exc)) from exc
     return Principal(str(claims.get("oid", "")), str(claims.get("appid", "")))
 
 

@@ -1,6 +1,7 @@
-"""Starts the Azure stand-ins for one issuer (Entra and Blob storage, each on its own HTTPS
-port, as login.microsoftonline.com and ACCOUNT.blob.core.windows.net are distinct hosts) and
-describes them for the sidecar, the job and the tests.
+"""Starts the Azure stand-ins for one issuer (Entra, Blob storage and Resource Manager, each
+on its own HTTPS port, as login.microsoftonline.com, ACCOUNT.blob.core.windows.net and
+management.azure.com are distinct hosts) and describes them for the sidecar, the job and the
+tests.
 
 HTTPS uses a CA generated at start (local_ca.py): `job_env()` names the variables that make
 tools trust it. A job's azure-storage-blob reaches the Blob stand-in only when given its URL:
@@ -23,6 +24,7 @@ from typing import Any
 from aiohttp import web
 from joserfc.jwk import RSAKey
 
+from credsidecar.sandbox.azure_arm import CLOUD_NAME, create_arm_app
 from credsidecar.sandbox.azure_blob import create_blob_app
 from credsidecar.sandbox.azure_blob_auth import BlobState
 from credsidecar.sandbox.azure_blob_store import CONTRIBUTOR, READER, Container
@@ -92,6 +94,14 @@ class AzureSandbox:
         return str(self.ca.bundle_file)
 
     @property
+    def arm_url(self) -> str:
+        return self.state.arm_url
+
+    @property
+    def cloud_metadata_url(self) -> str:
+        return f"{self.arm_url}/metadata/endpoints?api-version=2022-09-01"
+
+    @property
     def token_url(self) -> str:
         return f"{self.authority_url}/{self.tenant_id}/oauth2/v2.0/token"
 
@@ -116,7 +126,9 @@ class AzureSandbox:
           crypto/x509 on Linux, Ruby, PHP, .NET on Linux, curl and Rust's openssl/native-tls;
         - REQUESTS_CA_BUNDLE: Python requests, so azure-core, MSAL and the az CLI;
         - CURL_CA_BUNDLE: curl (and requests, when REQUESTS_CA_BUNDLE is unset);
-        - NODE_EXTRA_CA_CERTS: Node adds this one file (the CA alone) to its built-in roots.
+        - NODE_EXTRA_CA_CERTS: Node adds this one file (the CA alone) to its built-in roots;
+        and ARM_CLOUD_METADATA_URL, from which the az CLI reads its clouds: the sandbox's
+        (named CredsidecarSandbox) has the ARM stand-in as its resource manager.
         Java reads none of these: import ca.pem into a trust store (`keytool -importcert
         -file ca.pem -keystore FILE`, starting from a copy of the JDK's cacerts) and pass
         `-Djavax.net.ssl.trustStore=FILE` (e.g. in JAVA_TOOL_OPTIONS).
@@ -126,6 +138,7 @@ class AzureSandbox:
             "REQUESTS_CA_BUNDLE": self.ca_bundle,
             "CURL_CA_BUNDLE": self.ca_bundle,
             "NODE_EXTRA_CA_CERTS": self.ca_file,
+            "ARM_CLOUD_METADATA_URL": self.cloud_metadata_url,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -135,6 +148,8 @@ class AzureSandbox:
                 "tenant_id": self.tenant_id,
                 "token_url": self.token_url,
                 "blob_url": self.blob_url,
+                "arm_url": self.arm_url,
+                "az_cloud": CLOUD_NAME,
                 "storage_account": AZURE_STORAGE_ACCOUNT,
                 "ca_file": self.ca_file,
                 "ca_bundle": self.ca_bundle,
@@ -190,6 +205,7 @@ async def start_azure_sandbox(
     try:
         state.authority_url = await _serve(create_entra_app(state), context, runners)
         blob_base = await _serve(create_blob_app(blob), context, runners)
+        state.arm_url = await _serve(create_arm_app(blob), context, runners)
     except BaseException:
         for runner in runners:
             await runner.cleanup()

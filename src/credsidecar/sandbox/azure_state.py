@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 __all__ = [
@@ -25,7 +27,9 @@ __all__ = [
     "AzureState",
     "EntraApp",
     "FederatedCredential",
+    "TokenRejected",
     "sts_issuer",
+    "verify_access_token",
 ]
 
 ASSERTION_AUDIENCE = "api://AzureADTokenExchange"
@@ -67,6 +71,7 @@ class AzureState:
     clock: Callable[[], float] = time.time
     token_lifetime: int = ACCESS_TOKEN_LIFETIME
     authority_url: str = ""  # https://127.0.0.1:PORT once served; used in documents
+    arm_url: str = ""  # the ARM stand-in's, likewise
     outage_until: float = 0.0
     calls: dict[str, int] = field(default_factory=dict)
 
@@ -78,3 +83,29 @@ class AzureState:
 
     def in_outage(self) -> bool:
         return self.clock() < self.outage_until
+
+
+class TokenRejected(Exception):
+    """An access token a resource refuses; the message is the resource's own wording."""
+
+
+def verify_access_token(
+    state: AzureState, token: str, audiences: frozenset[str]
+) -> dict[str, object]:
+    """What every resource checks of an Entra access token: signature (the sandbox Entra key),
+    `iss`, `aud` and lifetime. Returns the claims."""
+    try:
+        claims = dict(jwt.decode(token, state.signing_key, algorithms=["RS256"]).claims)
+    except (JoseError, ValueError) as exc:
+        raise TokenRejected("Signature validation failed. Signature is invalid.") from exc
+    if claims.get("iss") != sts_issuer(state.tenant_id):
+        raise TokenRejected("Issuer validation failed. Issuer did not match.")
+    if claims.get("aud") not in audiences:
+        raise TokenRejected("Audience validation failed. Audience did not match.")
+    now = state.clock()
+    exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+    if not isinstance(exp, int | float) or exp <= now:
+        raise TokenRejected("Lifetime validation failed. The token is expired.")
+    if not isinstance(nbf, int | float) or nbf > now:
+        raise TokenRejected("Lifetime validation failed. The token is not yet valid.")
+    return claims
