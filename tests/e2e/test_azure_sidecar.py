@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from credsidecar.sandbox.seed import AZURE_IDENTITIES
@@ -196,3 +198,81 @@ def test_revoked_run_is_refused_once_the_token_in_hand_expires(
     finally:
         sidecar.stop()
     assert len(sidecar.audit_events("credentials.obtained")) >= 1
+
+
+# The az CLI lives in its own virtual environment (it pins its own azure-* packages); the
+# README's test command installs it there.
+AZ = Path(os.environ.get("CREDSIDECAR_TEST_AZ", Path(__file__).parents[2] / ".venv-az/bin/az"))
+# Tests stay offline: no telemetry upload from the az CLI.
+AZ_OFFLINE = {"AZURE_CORE_COLLECT_TELEMETRY": "false", "AZURE_CORE_SURVEY_MESSAGE": "false"}
+
+
+def az(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    if not AZ.exists():
+        pytest.fail(f"the az CLI is not installed at {AZ}: run ./scripts/test, which installs it")
+    return run_client([str(AZ), *args, "--only-show-errors"], {**env, **AZ_OFFLINE})
+
+
+def token_claims(sandbox: SandboxProcess, token: str, audience: str) -> dict[str, Any]:
+    azure = sandbox.info["azure"]
+    keys = f"{azure['authority_url']}/{azure['tenant_id']}/discovery/v2.0/keys"
+    context = ssl.create_default_context(cafile=azure["ca_file"])
+    client = jwt.PyJWKClient(keys, ssl_context=context)
+    key = client.get_signing_key_from_jwt(token)
+    # The resource as the client spelled it, with or without the trailing slash.
+    audiences = [audience.rstrip("/"), audience.rstrip("/") + "/"]
+    return dict(jwt.decode(token, key.key, algorithms=["RS256"], audience=audiences))
+
+
+def test_az_cli_logs_in_with_the_managed_identity(
+    stack: tuple[IssuerProcess, SandboxProcess], tmp_path: Path
+) -> None:
+    """`az login --identity` as alice's identity and as the workspace's, by client id; the
+    sandbox's cloud (ARM_CLOUD_METADATA_URL) lists the subscription alice's identity sees."""
+    sandbox = stack[1]
+    azure = sandbox.info["azure"]
+    alice, shared, bob = IDENTITY["alice"], IDENTITY["genomics-pipelines"], IDENTITY["bob"]
+    sidecar = azure_sidecar(stack, tmp_path / "az", "alice")
+    upload = tmp_path / "from-az.txt"
+    upload.write_text("written by az\n")
+    blob = ["--blob-endpoint", azure["blob_url"], "--auth-mode", "login", "-o", "json"]
+    try:
+        env = sidecar.env
+        login = az(env, "login", "--identity", "-o", "json")
+        assert login.returncode == 0, login.stderr
+        [account] = json.loads(login.stdout)
+        assert account["tenantId"] == azure["tenant_id"]
+        assert account["environmentName"] == azure["az_cloud"]
+        assert account["user"] == {"assignedIdentityInfo": "MSI", "name": "systemAssignedIdentity",
+                                   "type": "servicePrincipal"}  # fmt: skip
+        got = az(env, "account", "get-access-token", "--resource", "https://storage.azure.com",
+                 "-o", "json")  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        token = json.loads(got.stdout)
+        claims = token_claims(sandbox, token["accessToken"], "https://storage.azure.com")
+        assert (claims["oid"], claims["appid"]) == (alice.object_id, alice.client_id)
+        assert int(token["expires_on"]) == claims["exp"]
+        put = az(env, "storage", "blob", "upload", "--container-name", "alice-data",
+                 "--name", "from-az.txt", "--file", str(upload), "--overwrite", *blob)  # fmt: skip
+        assert put.returncode == 0, put.stderr
+        listed = az(env, "storage", "blob", "list", "--container-name", "alice-data", *blob)
+        assert "from-az.txt" in [b["name"] for b in json.loads(listed.stdout)]
+        theirs = az(env, "storage", "blob", "list", "--container-name", "bob-data", *blob)
+        assert theirs.returncode != 0 and "required permissions" in theirs.stderr
+        # The workspace's identity, which the launch also grants, selected by client id.
+        second = az(env, "login", "--identity", "--client-id", shared.client_id, "-o", "json")
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout)[0]["user"]["assignedIdentityInfo"] == (
+            f"MSIClient-{shared.client_id}"
+        )
+        got = az(env, "account", "get-access-token", "--resource", "https://management.azure.com/",
+                 "-o", "json")  # fmt: skip
+        claims = token_claims(sandbox, json.loads(got.stdout)["accessToken"],
+                              "https://management.azure.com/")  # fmt: skip
+        assert claims["appid"] == shared.client_id
+        # bob's identity is not granted to alice's launch: refused, and the CLI says why.
+        refused = az(env, "login", "--identity", "--client-id", bob.client_id)
+        assert refused.returncode != 0
+        assert f"identity '{bob.client_id}' is not granted to this launch" in refused.stderr
+    finally:
+        sidecar.stop()

@@ -189,6 +189,7 @@ async def test_the_sandbox_speaks_https_with_a_ca_made_at_start(
         "REQUESTS_CA_BUNDLE": azure.ca_bundle,
         "CURL_CA_BUNDLE": azure.ca_bundle,
         "NODE_EXTRA_CA_CERTS": azure.ca_file,
+        "ARM_CLOUD_METADATA_URL": azure.cloud_metadata_url,
     }
     async with aiohttp.ClientSession() as untrusting:  # the default roots only
         with pytest.raises(aiohttp.ClientConnectorCertificateError) as failed:
