@@ -6,6 +6,8 @@ credsidecar issuer rotate-key        activate (or --stage) a new signing key
 credsidecar issuer status            users x providers identity table
 credsidecar issuer new-api-key       a platform API key and its digest for the config
 credsidecar issuer revoke-run        revoke a run; disable-user / enable-user
+credsidecar issuer new-user-key      a member API key; new-kek: key-encryption key file
+credsidecar hpc ...                  per-user SSH to HPC clusters (hpc/cli.py)
 credsidecar token mint               mint a launch token locally (admins, development)
 credsidecar dev                      run the whole flow locally with no cloud account
 """
@@ -88,6 +90,39 @@ def _cmd_new_api_key(args: argparse.Namespace) -> int:
     print(f"# Give this key to the platform (shown once):\n{key}\n")
     print(f'# Add this to the issuer config:\n[[platform_keys]]\nname = "{args.name}"')
     print(f'sha256 = "{digest}"')
+    return 0
+
+
+def _cmd_new_user_key(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.hpc_service import new_user_key
+    from credsidecar.issuer.runner import open_service
+
+    with open_service(_config(args)) as service:
+        service.policy.user(args.user)  # a member must be a policy user
+        key, digest = new_user_key()
+        service.hpc.registry.add_user_key(digest, args.user, args.name)
+        service.audit.event("member_key.created", user=args.user, name=args.name)
+    print(f"# Member API key for {args.user} ({args.name}); shown once, give it to them:")
+    print(key)
+    return 0
+
+
+def _cmd_new_kek(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.sealing import new_kek_text
+    from credsidecar.jobenv import write_private_atomic
+
+    path = Path(args.path)
+    if path.exists():
+        print(
+            f"credsidecar: {path} exists; a new key would orphan every stored secret",
+            file=sys.stderr,
+        )
+        return 1
+    write_private_atomic(path, new_kek_text())
+    print(
+        f"wrote a key-encryption key to {path} (mode 0600); set [hpc] "
+        f'key_encryption_key_file = "{path}" in the issuer config and back it up separately'
+    )
     return 0
 
 
@@ -251,6 +286,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("new-api-key", help="generate a platform API key and its config digest")
     p.add_argument("--name", default="platform", help="name recorded in the audit trail")
     p.set_defaults(func=_cmd_new_api_key)
+    p = with_config(sub.add_parser("new-user-key", help="a member API key (HPC management)"))
+    p.add_argument("--user", required=True, help="the policy user it authenticates")
+    p.add_argument("--name", default="default", help="a label, e.g. the device")
+    p.set_defaults(func=_cmd_new_user_key)
+    p = sub.add_parser("new-kek", help="write a key-encryption key for stored SSH keys")
+    p.add_argument("path", help="file to create (mode 0600)")
+    p.set_defaults(func=_cmd_new_kek)
     p = with_config(sub.add_parser("revoke-run", help="revoke a run: later exchanges fail"))
     p.add_argument("run")
     p.add_argument("--reason")
@@ -313,6 +355,10 @@ def _parser() -> argparse.ArgumentParser:
         help="wait up to this many seconds for the sidecar to become ready",
     )
     env.set_defaults(func=_cmd_env)
+
+    from credsidecar.hpc.cli import add_hpc_parser
+
+    add_hpc_parser(commands)
 
     sandbox = commands.add_parser(
         "sandbox",

@@ -72,8 +72,10 @@ class IssuerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = directory / "issuer.log"
 
-    def start(self) -> None:
-        self.proc = start(["issuer", "--config", str(self.config)], self.log)
+    def start(self, **env: str) -> None:
+        """Starts the issuer; `env` adds variables (e.g. CREDSIDECAR_HPC_KEK)."""
+        self.proc = start(["issuer", "--config", str(self.config)], self.log,
+                          env={**os.environ, **env})  # fmt: skip
         wait_for(lambda: http_ok(f"{self.url}/healthz"), "issuer", self.proc, self.log)
 
     def stop(self) -> int:

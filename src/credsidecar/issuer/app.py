@@ -7,37 +7,30 @@ POST /v1/token                             RFC 8693 token exchange; the launch t
 POST /v1/runs/{run}/revoke                 platform API key
 POST /v1/users/{user}/disable|enable       platform API key
 GET  /healthz
+and the HPC routes (hpc_api.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 from credsidecar.errors import BadRequest, CredsidecarError, PayloadTooLarge, Unauthorized
+from credsidecar.issuer.hpc_api import add_hpc_routes
+from credsidecar.issuer.http_common import SERVICE, json_body, no_store_json
 from credsidecar.issuer.service import IssuerService, LaunchRequest
 
-__all__ = ["SERVICE", "create_app"]
+__all__ = ["SERVICE", "create_app", "json_body", "no_store_json"]
 
 log = logging.getLogger(__name__)
 
-SERVICE = web.AppKey("service", IssuerService)
 # Keys are re-read from the store this often, so a `rotate-key` run by an admin is picked up.
 KEY_REFRESH_SECONDS = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    # OAuth responses carrying tokens must not be cached (RFC 6749 section 5.1).
-    return web.json_response(
-        data, status=status, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
-    )
 
 
 @web.middleware
@@ -46,13 +39,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except CredsidecarError as exc:
-        response = _json(exc.to_json(), status=exc.status)
+        response = no_store_json(exc.to_json(), status=exc.status)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="credsidecar-issuer"'
         return response
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SERVICE].config.max_body_bytes
-        return _json(PayloadTooLarge(f"request body exceeds {limit} bytes").to_json(), 413)
+        too_large = PayloadTooLarge(f"request body exceeds {limit} bytes")
+        return no_store_json(too_large.to_json(), 413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -60,11 +54,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             "error": "not_found" if exc.status == 404 else "invalid_request",
             "error_description": f"{request.method} {request.path}: {exc.reason}",
         }
-        return _json(body, status=exc.status)
+        return no_store_json(body, status=exc.status)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         body = {"error": "server_error", "error_description": "internal error; see issuer log"}
-        return _json(body, status=500)
+        return no_store_json(body, status=500)
 
 
 def _platform_caller(request: web.Request) -> str:
@@ -79,19 +73,6 @@ def _platform_caller(request: web.Request) -> str:
     if not matches:
         raise Unauthorized("the platform API key is not valid for this issuer")
     return matches[0]
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
 
 
 async def discovery(request: web.Request) -> web.Response:
@@ -111,10 +92,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def mint(request: web.Request) -> web.Response:
     caller = _platform_caller(request)
-    launch = LaunchRequest.from_json(await _json_body(request))
+    launch = LaunchRequest.from_json(await json_body(request))
     service = request.app[SERVICE]
     result = await asyncio.to_thread(service.mint, launch, caller)
-    return _json(
+    return no_store_json(
         {
             "token": result.token,
             "jti": result.jti,
@@ -128,7 +109,7 @@ async def mint(request: web.Request) -> web.Response:
 
 async def token_exchange(request: web.Request) -> web.Response:
     if request.content_type == "application/json":
-        body = await _json_body(request)
+        body = await json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         form = {k: v for k, v in body.items() if isinstance(v, str)}
@@ -138,7 +119,7 @@ async def token_exchange(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     result = await asyncio.to_thread(service.exchange, form)
     now = service.now()
-    return _json(
+    return no_store_json(
         {
             "access_token": result.token,
             "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
@@ -152,7 +133,7 @@ async def token_exchange(request: web.Request) -> web.Response:
 
 async def _reason(request: web.Request) -> str | None:
     """The optional `{"reason": ...}` body of admin actions, kept for the audit trail."""
-    body = await _json_body(request)
+    body = await json_body(request)
     reason = body.get("reason") if isinstance(body, dict) else None
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
         raise BadRequest("`reason` must be a string of at most 500 characters")
@@ -165,7 +146,7 @@ async def revoke_run(request: web.Request) -> web.Response:
     run = request.match_info["run"]
     service = request.app[SERVICE]
     fresh = await asyncio.to_thread(service.revoke_run, run, reason, caller)
-    return _json({"run": run, "revoked": True, "already_revoked": not fresh})
+    return no_store_json({"run": run, "revoked": True, "already_revoked": not fresh})
 
 
 def _user_toggle(disabled: bool) -> Handler:
@@ -175,7 +156,7 @@ def _user_toggle(disabled: bool) -> Handler:
         user = request.match_info["user"]
         service = request.app[SERVICE]
         await asyncio.to_thread(service.set_user_disabled, user, disabled, reason, caller)
-        return _json({"user": user, "disabled": disabled})
+        return no_store_json({"user": user, "disabled": disabled})
 
     return handler
 
@@ -211,5 +192,6 @@ def create_app(service: IssuerService) -> web.Application:
     app.router.add_post("/v1/runs/{run}/revoke", revoke_run)
     app.router.add_post("/v1/users/{user}/disable", _user_toggle(True))
     app.router.add_post("/v1/users/{user}/enable", _user_toggle(False))
+    add_hpc_routes(app)
     app.cleanup_ctx.append(_key_refresher)
     return app

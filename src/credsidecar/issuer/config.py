@@ -27,6 +27,7 @@ DEFAULT_LAUNCH_LIFETIME = 24 * 3600
 DEFAULT_MAX_LAUNCH_LIFETIME = 72 * 3600
 # Cloud-facing tokens only live long enough for one STS call; 10 minutes also covers clock skew.
 DEFAULT_EXCHANGE_LIFETIME = 600
+DEFAULT_SSH_CERTIFICATE_LIFETIME = 900  # 15 minutes: enough to log in and submit
 DEFAULT_MAX_BODY = 64 * 1024
 API_KEY_PREFIX = "csk_"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -58,6 +59,10 @@ class IssuerConfig:
     tls_key: Path | None = None
     audit_log: str | None = None
     platform_keys: tuple[PlatformKey, ...] = ()
+    # HPC: SSH certificate lifetime, and the key-encryption key for stored SSH keys.
+    ssh_certificate_lifetime: int = DEFAULT_SSH_CERTIFICATE_LIFETIME
+    kek_file: Path | None = None
+    kek_env: str | None = "CREDSIDECAR_HPC_KEK"
 
     @property
     def key_dir(self) -> Path:
@@ -107,6 +112,7 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
         "tls",
         "audit_log",
         "platform_keys",
+        "hpc",
     }
     for key in data:
         if key not in known:
@@ -152,6 +158,15 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
             )
         platform_keys.append(PlatformKey(name=name, sha256=digest))
     audit = data.get("audit_log")
+    hpc = data.get("hpc", {})
+    if not isinstance(hpc, dict):
+        raise ConfigError("[hpc] must be a table", path=("hpc",))
+    for key in hpc:
+        if key not in ("certificate_lifetime", "key_encryption_key_file", "key_encryption_key_env"):
+            raise ConfigError(f"{key!r} is not a known [hpc] setting", path=("hpc", key))
+    kek_env = hpc.get("key_encryption_key_env", "CREDSIDECAR_HPC_KEK")
+    if not isinstance(kek_env, str):
+        raise ConfigError("key_encryption_key_env must be a variable name", path=("hpc",))
     return IssuerConfig(
         issuer_url=url,
         host=host.strip("[]"),
@@ -171,6 +186,13 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
         tls_key=tls_key,
         audit_log=audit if audit in (None, "-") else str(path("audit_log", audit)),
         platform_keys=tuple(platform_keys),
+        ssh_certificate_lifetime=_int(
+            hpc, "certificate_lifetime", DEFAULT_SSH_CERTIFICATE_LIFETIME, 60, 86400
+        ),
+        kek_file=path("key_encryption_key_file", hpc["key_encryption_key_file"])
+        if "key_encryption_key_file" in hpc
+        else None,
+        kek_env=kek_env or None,
     )
 
 

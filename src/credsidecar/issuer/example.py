@@ -29,6 +29,7 @@ name = "Bob"
 id = "carol"
 email = "carol@example.org"
 name = "Carol (no grants yet)"
+owner = true                     # manages HPC clusters (credsidecar hpc cluster ...)
 
 [[workspaces]]
 id = "genomics"

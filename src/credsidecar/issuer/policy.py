@@ -32,6 +32,8 @@ class User:
     # The stable subject clouds see (defaults to the id); <= 127 bytes for GCP.
     subject: str = ""
     disabled: bool = False
+    # Organization owners manage HPC clusters through the issuer's API.
+    owner: bool = False
 
     @property
     def aws_source_identity(self) -> str:
@@ -139,7 +141,7 @@ def _parse(data: Mapping[str, Any]) -> Policy:
 
     users: dict[str, User] = {}
     for i, row in enumerate(data.get("users", [])):
-        _check_keys(row, {"id", "email", "name", "subject", "disabled"}, ("users", i))
+        _check_keys(row, {"id", "email", "name", "subject", "disabled", "owner"}, ("users", i))
         uid = row.get("id")
         if not isinstance(uid, str) or not uid:
             raise ConfigError("every user needs an `id`", path=("users", i))
@@ -151,6 +153,7 @@ def _parse(data: Mapping[str, Any]) -> Policy:
             name=row.get("name"),
             subject=row.get("subject", uid),
             disabled=bool(row.get("disabled", False)),
+            owner=bool(row.get("owner", False)),
         )
         try:
             check_subject(user.subject)

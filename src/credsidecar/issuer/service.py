@@ -7,12 +7,13 @@ exchange  a sidecar trades the launch token for a short-lived cloud-audience tok
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
 from joserfc.errors import (
@@ -45,6 +46,9 @@ from credsidecar.issuer.limits import (
 from credsidecar.issuer.policy import Policy
 from credsidecar.issuer.policy_watch import PolicyHolder
 from credsidecar.issuer.store import Store
+
+if TYPE_CHECKING:
+    from credsidecar.issuer.hpc_service import HpcService
 
 __all__ = ["ExchangeResult", "IssuerService", "LaunchRequest", "MintResult"]
 
@@ -152,6 +156,19 @@ class IssuerService:
     @property
     def policy(self) -> Policy:
         return self.policy_holder.current
+
+    @functools.cached_property
+    def hpc(self) -> HpcService:
+        """HPC clusters, members' credentials and the SSH CA (hpc_service.py)."""
+        from credsidecar.issuer.hpc_registry import HpcRegistry
+        from credsidecar.issuer.hpc_service import HpcService
+        from credsidecar.issuer.sealing import Sealer, load_kek
+        from credsidecar.issuer.ssh_ca import SshCa
+
+        kek = load_kek(self.config.kek_file, self.config.kek_env)
+        return HpcService(self, HpcRegistry(self.store), SshCa(self.config.key_dir),
+                          Sealer(kek) if kek else None,
+                          self.config.ssh_certificate_lifetime)  # fmt: skip
 
     # discovery ----------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The issuer's durable state in one SQLite file: key metadata, revoked runs, disabled users.
+"""The issuer's durable state in one SQLite file: key metadata, revoked runs, disabled users
+(and, through `ensure_schema`/`execute`/`query`, the HPC registry's tables).
 
 Several processes share it (the running issuer and admin commands such as `rotate-key`), so
 every write is a short transaction and readers always ask the database, never a stale copy.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["KeyRecord", "Revocation", "Store"]
 
@@ -66,6 +69,21 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # for other modules' tables (hpc_registry.py) ----------------------------------------------
+
+    def ensure_schema(self, script: str) -> None:
+        with self._lock:
+            self._db.executescript(script)
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """One statement in its own transaction; returns the number of rows changed."""
+        with self._lock:
+            return self._db.execute(sql, params).rowcount
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, params).fetchall())
 
     # keys -------------------------------------------------------------------------------------
 

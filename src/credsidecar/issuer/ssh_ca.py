@@ -1,0 +1,121 @@
+"""The SSH certificate authority: signs short-lived OpenSSH user certificates for launches.
+
+The CA key (Ed25519) is created on first use as `keys/ssh-ca` (mode 0600, O_EXCL) beside the
+JWT signing keys. A cluster admin trusts it with `TrustedUserCAKeys`; `credsidecar hpc
+ca-public-key` prints the line to add.
+
+What a certificate carries, and why:
+- principals: exactly one, the user's Linux username on that cluster. Never empty: sshd takes an
+  empty principal list as "any user".
+- key id: `credsidecar:<user>:<run>:<cluster>`, which sshd logs at every login (`Accepted
+  publickey ... ID credsidecar:alice:run-1:hpc1`), so the cluster's logs name the person.
+- validity: from 60 s before now (clock skew) until the requested lifetime, never beyond the
+  launch token's expiry.
+- extensions: none. A batch session runs commands; it needs no PTY, X11, agent or port
+  forwarding, and no ~/.ssh/rc.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from credsidecar.errors import BadRequest
+
+__all__ = ["CLOCK_SKEW", "SignedCertificate", "SshCa"]
+
+CLOCK_SKEW = 60  # seconds a certificate is valid before it is issued
+ACCEPTED_KEY_TYPES = (
+    b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521",
+    b"ssh-rsa",
+)
+MIN_RSA_BITS = 3072
+
+
+@dataclass(frozen=True)
+class SignedCertificate:
+    certificate: str  # one OpenSSH line: "ssh-ed25519-cert-v01@openssh.com AAAA... key-id"
+    key_id: str
+    principal: str
+    valid_after: int
+    valid_before: int
+    serial: int
+
+
+class SshCa:
+    def __init__(self, key_dir: Path) -> None:
+        self._path = key_dir / "ssh-ca"
+        self._lock = threading.Lock()
+        self._key: asyncssh.SSHKey | None = None
+
+    def _load(self) -> asyncssh.SSHKey:
+        with self._lock:
+            if self._key is None:
+                if not self._path.exists():
+                    self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    key = asyncssh.generate_private_key("ssh-ed25519", comment="credsidecar CA")
+                    try:
+                        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    except FileExistsError:
+                        pass  # another process created it first: use theirs
+                    else:
+                        with os.fdopen(fd, "wb") as out:
+                            out.write(key.export_private_key())
+                self._key = asyncssh.read_private_key(self._path)
+            return self._key
+
+    def public_key_line(self) -> str:
+        """The line for a cluster's TrustedUserCAKeys file."""
+        return self._load().export_public_key().decode().strip()
+
+    def sign(
+        self, public_key: str, principal: str, key_id: str, now: int, not_after: int, serial: int
+    ) -> SignedCertificate:
+        if not principal:
+            raise BadRequest("refusing to sign a certificate without a principal (any user)")
+        user_key = parse_public_key(public_key)
+        valid_after = now - CLOCK_SKEW
+        cert = self._load().generate_user_certificate(
+            user_key,
+            key_id,
+            serial=serial,
+            principals=[principal],
+            valid_after=valid_after,
+            valid_before=not_after,
+            permit_x11_forwarding=False,
+            permit_agent_forwarding=False,
+            permit_port_forwarding=False,
+            permit_pty=False,
+            permit_user_rc=False,
+        )
+        line = cert.export_certificate().decode().strip()
+        return SignedCertificate(line, key_id, principal, valid_after, not_after, serial)
+
+
+def parse_public_key(text: str) -> asyncssh.SSHKey:
+    """An OpenSSH public key line the CA will sign: a known type, RSA of at least 3072 bits."""
+    if not isinstance(text, str) or not text.strip() or len(text) > 16_384:
+        raise BadRequest("public_key must be one OpenSSH public key line (`ssh-ed25519 AAAA...`)")
+    try:
+        key = asyncssh.import_public_key(text.strip())
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise BadRequest(f"public_key is not an OpenSSH public key: {exc}") from exc
+    if key.algorithm not in ACCEPTED_KEY_TYPES:
+        raise BadRequest(
+            f"public_key type {key.algorithm.decode()} is not accepted; use ssh-ed25519 (or "
+            "ECDSA, or RSA of 3072 bits or more)"
+        )
+    if key.algorithm == b"ssh-rsa":
+        rsa_key = key.pyca_key
+        bits = rsa_key.key_size if isinstance(rsa_key, rsa.RSAPublicKey) else 0
+        if bits < MIN_RSA_BITS:
+            raise BadRequest(f"RSA public_key has {bits} bits; at least {MIN_RSA_BITS} needed")
+    return key
