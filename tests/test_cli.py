@@ -53,6 +53,25 @@ def test_status_prints_the_identity_table(config: Path) -> None:
     assert carol.split()[1:] == ["missing"] * 4
     rows = json.loads(run("issuer", "status", "--config", str(config), "--json").stdout)
     assert {r["user"] for r in rows} == {"alice", "bob", "carol"}
+    assert "no HPC clusters yet" in out
+
+
+def test_status_shows_the_hpc_registry_per_member(config: Path, tmp_path: Path) -> None:
+    from credsidecar.issuer.config import load_config
+    from credsidecar.issuer.hpc_registry import parse_cluster
+    from credsidecar.issuer.runner import open_service
+
+    with open_service(load_config(config)) as service:
+        users = service.policy.users
+        host_key = service.hpc.ca_public_key()  # any OpenSSH public key line will do
+        cluster = parse_cluster("hpc1", {"host": "login", "host_keys": [host_key],
+                                         "usernames": {"alice": "ali"}}, users)  # fmt: skip
+        service.hpc.registry.put_cluster(cluster, "carol", create=True)
+    out = run("issuer", "status", "--config", str(config)).stdout
+    hpc = out.split("\n\n", 1)[1].splitlines()
+    assert hpc[0].split() == ["USER", "HPC1"]
+    assert [line.split() for line in hpc[1:4]] == [["alice", "certificate"], ["bob", "missing"],
+                                                   ["carol", "missing"]]  # fmt: skip
 
 
 def test_export_discovery_writes_static_files(config: Path, tmp_path: Path) -> None:

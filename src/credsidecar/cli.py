@@ -72,14 +72,18 @@ def _cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.hpc_service import Member, hpc_status_table
     from credsidecar.issuer.runner import open_service
     from credsidecar.issuer.status import status_rows, status_table
 
     with open_service(_config(args)) as service:
-        if args.json:
+        if args.json:  # the clouds; `credsidecar hpc status --json` gives the HPC rows
             print(json.dumps(status_rows(service.policy, service.store), indent=2))
         else:
             print(status_table(service.policy, service.store))
+            print()
+            everyone = Member("(admin)", owner=True, key_name="cli")
+            print(hpc_status_table(service.hpc.status(everyone)))
     return 0
 
 

@@ -284,13 +284,9 @@ async def _status(args: argparse.Namespace, session: aiohttp.ClientSession) -> i
     if args.json:
         _print(rows)
         return 0
-    clusters = sorted({k for r in rows for k in r if k != "user"})
-    headers = ["user", *clusters]
-    widths = [max([len(h)] + [len(r.get(h, "")) for r in rows]) for h in headers]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in rows:
-        cells = [row.get(h, "").ljust(w) for h, w in zip(headers, widths, strict=True)]
-        print("  ".join(cells).rstrip())
+    from credsidecar.issuer.hpc_service import hpc_status_table
+
+    print(hpc_status_table(rows))
     return 0
 
 

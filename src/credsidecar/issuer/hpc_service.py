@@ -39,7 +39,7 @@ from credsidecar.issuer.sealing import Sealer
 from credsidecar.issuer.service import IssuerService
 from credsidecar.issuer.ssh_ca import SshCa, parse_public_key
 
-__all__ = ["USER_KEY_PREFIX", "HpcService", "Member", "new_user_key"]
+__all__ = ["USER_KEY_PREFIX", "HpcService", "Member", "hpc_status_table", "new_user_key"]
 
 USER_KEY_PREFIX = "csu_"
 MAX_PRIVATE_KEY = 32_768
@@ -358,6 +358,23 @@ class HpcService:
 
     def _audit(self, event: str, member: Member, **fields: Any) -> None:
         self.issuer.audit.event(event, caller=member.user_id, key=member.key_name, **fields)
+
+
+def hpc_status_table(rows: list[dict[str, str]]) -> str:
+    """Members x clusters, like `credsidecar issuer status` for the clouds."""
+    clusters = sorted({k for r in rows for k in r if k != "user"})
+    if not clusters:
+        return "no HPC clusters yet (`credsidecar hpc cluster add`)"
+    headers = ["user", *clusters]
+    widths = [max([len(h)] + [len(r.get(h, "")) for r in rows]) for h in headers]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in rows:
+        lines.append(
+            "  ".join(row.get(h, "").ljust(w) for h, w in zip(headers, widths, strict=True))
+        )
+    missing = sum(1 for r in rows for c in clusters if r.get(c) == MISSING)
+    lines.append(f"{len(rows)} members, {missing} member/cluster pairs without a way in")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _check_userauth_request(data: bytes, username: str, key_blob: bytes) -> None:

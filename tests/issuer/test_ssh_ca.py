@@ -1,0 +1,74 @@
+"""The SSH CA's certificates, read back by OpenSSH's own ssh-keygen."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from credsidecar.errors import BadRequest
+from credsidecar.issuer.ssh_ca import CLOCK_SKEW, SshCa
+
+NOW = 1_800_000_000
+
+
+def describe(tmp_path: Path, certificate: str) -> str:
+    """`ssh-keygen -L`: OpenSSH's view of a certificate."""
+    path = tmp_path / "key-cert.pub"
+    path.write_text(certificate + "\n")
+    done = subprocess.run(["ssh-keygen", "-L", "-f", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def user_key() -> str:
+    return asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+
+
+def test_a_certificate_names_one_principal_the_user_and_run_and_no_extensions(
+    tmp_path: Path,
+) -> None:
+    ca = SshCa(tmp_path / "keys")
+    signed = ca.sign(user_key(), "csalice", "credsidecar:alice:run-7:hpc1", NOW, NOW + 900, 42)
+    text = describe(tmp_path, signed.certificate)
+    assert 'Key ID: "credsidecar:alice:run-7:hpc1"' in text
+    assert "Principals: \n                csalice\n" in text
+    assert "Critical Options: (none)" in text and "Extensions: (none)" in text
+    assert "Serial: 42" in text
+    cert = asyncssh.import_certificate(signed.certificate)
+    assert cert.principals == ["csalice"]
+    assert (signed.valid_after, signed.valid_before) == (NOW - CLOCK_SKEW, NOW + 900)
+    # Signed by this CA: the line an admin adds to TrustedUserCAKeys.
+    ca_key = asyncssh.import_public_key(ca.public_key_line())
+    assert cert.signing_key.public_data == ca_key.public_data
+
+
+def test_the_ca_key_is_private_and_stable_across_instances(tmp_path: Path) -> None:
+    first = SshCa(tmp_path / "keys").public_key_line()
+    assert SshCa(tmp_path / "keys").public_key_line() == first
+    mode = (tmp_path / "keys" / "ssh-ca").stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("public_key", "words"),
+    [
+        ("", "one OpenSSH public key line"),
+        ("ssh-ed25519 not-base64", "not an OpenSSH public key"),
+        (
+            asyncssh.generate_private_key("ssh-rsa", key_size=2048).export_public_key().decode(),
+            "2048 bits",
+        ),
+    ],
+)
+def test_keys_it_will_not_sign(tmp_path: Path, public_key: str, words: str) -> None:
+    with pytest.raises(BadRequest, match=words):
+        SshCa(tmp_path / "keys").sign(public_key, "csalice", "id", NOW, NOW + 60, 1)
+
+
+def test_an_empty_principal_is_never_signed(tmp_path: Path) -> None:
+    with pytest.raises(BadRequest, match="without a principal"):
+        SshCa(tmp_path / "keys").sign(user_key(), "", "id", NOW, NOW + 60, 1)
