@@ -11,13 +11,14 @@ from tests.e2e.processes import IssuerProcess, SandboxProcess, stop_process
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[IssuerProcess, SandboxProcess]]:
-    """One issuer and one sandbox per test module (each module may restart the issuer)."""
+    """One issuer and one sandbox per test module (each module may restart the issuer); a
+    module's SANDBOX_ARGS go to `credsidecar sandbox`."""
     base = tmp_path_factory.mktemp("stack")
     issuer = IssuerProcess(base / "issuer")
     issuer.start()
-    sandbox = SandboxProcess(base, issuer.url)
+    sandbox = SandboxProcess(base, issuer.url, *getattr(request.module, "SANDBOX_ARGS", ()))
     yield issuer, sandbox
     stop_process(sandbox.proc)
     issuer.stop()

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from tests.e2e.processes import (
     SandboxProcess,
     SidecarProcess,
     run_client,
-    stop_process,
     wait_for,
 )
 from tests.e2e.test_aws_sidecar import _status
@@ -37,22 +35,9 @@ from tests.e2e.test_aws_sidecar import _status
 AZURE_CLIENT = [sys.executable, str(Path(__file__).parent / "clients" / "azure_clients.py")]
 IDENTITY = {i.name: i for i in AZURE_IDENTITIES}
 LIFETIME = 12
+SANDBOX_ARGS = ("--azure-token-lifetime", str(LIFETIME))  # read by conftest's stack fixture
 
 _runs = iter(range(1_000_000))
-
-
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[IssuerProcess, SandboxProcess]]:
-    """As conftest's, with short-lived Entra tokens."""
-    base = tmp_path_factory.mktemp("azure-stack")
-    issuer = IssuerProcess(base / "issuer")
-    issuer.start()
-    sandbox = SandboxProcess(base, issuer.url, "--azure-token-lifetime", str(LIFETIME))
-    yield issuer, sandbox
-    stop_process(sandbox.proc)
-    issuer.stop()
 
 
 def azure_sidecar(

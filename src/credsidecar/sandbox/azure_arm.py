@@ -17,6 +17,7 @@ with a role on any of its containers sees it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -125,24 +126,34 @@ async def _metadata(request: web.Request) -> web.Response:
     return web.json_response([_cloud(state.azure.arm_url, state.azure.authority_url)])
 
 
-async def _subscriptions(request: web.Request) -> web.Response:
-    if (missing := _needs_api_version(request)) is not None:
-        return missing
-    caller = _caller(request)
-    if isinstance(caller, web.Response):
-        return caller
+ArmHandler = Callable[[web.Request, str], Awaitable[web.Response]]
+
+
+def _arm_call(handler: ArmHandler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """ARM's checks before any resource call: api-version, then the bearer token; the handler
+    gets the caller's object id."""
+
+    async def checked(request: web.Request) -> web.Response:
+        if (missing := _needs_api_version(request)) is not None:
+            return missing
+        caller = _caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        return await handler(request, caller)
+
+    return checked
+
+
+@_arm_call
+async def _subscriptions(request: web.Request, caller: str) -> web.Response:
     state = request.app[STATE]
     state.azure.count("arm.subscriptions")
     value = [_subscription(state.azure.tenant_id)] if _visible(state, caller) else []
     return web.json_response({"value": value, "count": {"type": "Total", "value": len(value)}})
 
 
-async def _one_subscription(request: web.Request) -> web.Response:
-    if (missing := _needs_api_version(request)) is not None:
-        return missing
-    caller = _caller(request)
-    if isinstance(caller, web.Response):
-        return caller
+@_arm_call
+async def _one_subscription(request: web.Request, caller: str) -> web.Response:
     state = request.app[STATE]
     wanted = request.match_info["subscription"]
     if wanted.lower() != AZURE_SUBSCRIPTION_ID or not _visible(state, caller):
@@ -151,12 +162,8 @@ async def _one_subscription(request: web.Request) -> web.Response:
     return web.json_response(_subscription(state.azure.tenant_id))
 
 
-async def _tenants(request: web.Request) -> web.Response:
-    if (missing := _needs_api_version(request)) is not None:
-        return missing
-    caller = _caller(request)
-    if isinstance(caller, web.Response):
-        return caller
+@_arm_call
+async def _tenants(request: web.Request, caller: str) -> web.Response:
     tenant = request.app[STATE].azure.tenant_id
     value = [{"id": f"/tenants/{tenant}", "tenantId": tenant, "tenantCategory": "Home",
               "displayName": "credsidecar sandbox tenant"}]  # fmt: skip
