@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -380,6 +381,17 @@ def test_untrusted_host_and_closed_port_are_explained(hpc: Hpc) -> None:
     )
     done = hpc.cli("run", "--cluster", "down", "--", "true", token=hpc.launch("alice"))
     assert done.returncode != 0 and "connection refused" in done.stderr
+    # A port that accepts connections but never speaks SSH.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        made = hpc.cli("cluster", "add", "silent", "--host", "127.0.0.1", "--port",
+                       str(silent.getsockname()[1]), "--host-key", str(wrong_key),
+                       "--username", "alice=csalice", member="carol")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        done = hpc.cli("run", "--cluster", "silent", "--connect-timeout", "2", "--", "true",
+                       token=hpc.launch("alice"))  # fmt: skip
+    assert done.returncode != 0 and "timed out after 2 s" in done.stderr
 
 
 def _check(hpc: Hpc, directory: Path) -> subprocess.CompletedProcess[str]:

@@ -92,7 +92,7 @@ async def _connect(args: argparse.Namespace, session: aiohttp.ClientSession) -> 
     described = await api.call(
         "POST", "/v1/hpc/launch-cluster", {"launch_token": token, "cluster": args.cluster}
     )
-    return await connect(api, token, args.cluster, described["mode"])
+    return await connect(api, token, args.cluster, described["mode"], args.connect_timeout)
 
 
 async def _run(args: argparse.Namespace, session: aiohttp.ClientSession) -> int:
@@ -342,6 +342,13 @@ def add_hpc_parser(commands: Any) -> None:
     def launch(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         common(p)
         p.add_argument("--cluster", required=True, help="cluster name at the issuer")
+        p.add_argument(
+            "--connect-timeout",
+            type=float,
+            default=20.0,
+            metavar="SECONDS",
+            help="give up connecting to the login node after this long (default 20)",
+        )
         src = p.add_mutually_exclusive_group()
         src.add_argument("--token-file", help="launch token file (default $CREDSIDECAR_TOKEN_FILE)")
         src.add_argument(

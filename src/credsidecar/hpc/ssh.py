@@ -134,7 +134,11 @@ async def _stored_key_login(
 
 
 async def connect(
-    api: HpcApi, launch_token: str, cluster: str, mode: str
+    api: HpcApi,
+    launch_token: str,
+    cluster: str,
+    mode: str,
+    connect_timeout: float = CONNECT_TIMEOUT,
 ) -> tuple[asyncssh.SSHClientConnection, Connection]:
     """Logs in as the launch's user; raises HpcSshError saying what went wrong and what to do."""
     login = _certificate_login if mode == "certificate" else _stored_key_login
@@ -152,7 +156,7 @@ async def connect(
             kbdint_auth=False,
             gss_auth=False,
             preferred_auth="publickey",
-            connect_timeout=CONNECT_TIMEOUT,
+            connect_timeout=connect_timeout,
         )
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HpcSshError(
@@ -171,7 +175,7 @@ async def connect(
     except TimeoutError as exc:
         raise HpcSshError(
             f"cannot log in to {connection.where}: timed out after "
-            f"{CONNECT_TIMEOUT:.0f} s (firewall, VPN or a wrong host?)"
+            f"{connect_timeout:g} s (firewall, VPN or a wrong host?)"
         ) from exc
     except (OSError, asyncssh.Error) as exc:
         raise HpcSshError(f"cannot log in to {connection.where}: {exc}") from exc
