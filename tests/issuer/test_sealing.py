@@ -14,9 +14,10 @@ from credsidecar.issuer.sealing import Sealer, SealingError, load_kek, new_kek_t
 
 def test_a_sealed_value_opens_only_in_its_own_context_with_its_own_key() -> None:
     sealer = Sealer(secrets.token_bytes(32))
-    sealed = sealer.seal(b"-----BEGIN OPENSSH PRIVATE KEY-----", "hpc2/bob/private_key")
-    assert b"OPENSSH" not in sealed
-    assert sealer.open(sealed, "hpc2/bob/private_key").startswith(b"-----BEGIN")
+    plaintext = secrets.token_bytes(64)  # stands for a member's private key file
+    sealed = sealer.seal(plaintext, "hpc2/bob/private_key")
+    assert plaintext not in sealed
+    assert sealer.open(sealed, "hpc2/bob/private_key") == plaintext
     with pytest.raises(SealingError, match="hpc2/alice/private_key"):
         sealer.open(sealed, "hpc2/alice/private_key")  # copied into another member's row
     with pytest.raises(SealingError):
