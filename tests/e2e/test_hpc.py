@@ -170,6 +170,9 @@ def test_a_certificate_logs_in_as_its_user_and_sshd_logs_who(hpc: Hpc) -> None:
         "run", "--cluster", "hpc1", "--", "sh", "-c", "echo err >&2; exit 3", token=token
     )
     assert failing.returncode == 3 and failing.stderr.strip().endswith("err")
+    # Arguments arrive as given, quoted, including the command's own `--`.
+    echoed = hpc.cli("run", "--cluster", "hpc1", "--", "echo", "a b", "--", "$HOME", token=token)
+    assert echoed.stdout == "a b -- $HOME\n"
     # sshd's log names the person and the run through the certificate's key id.
     run = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["run"]
     assert f"ID credsidecar:alice:{run}:hpc1" in hpc.sshd.log.read_text()

@@ -98,7 +98,8 @@ async def _connect(args: argparse.Namespace, session: aiohttp.ClientSession) -> 
 async def _run(args: argparse.Namespace, session: aiohttp.ClientSession) -> int:
     from credsidecar.hpc.ssh import run_command
 
-    command = [a for a in args.remote if a != "--"] if args.remote[:1] == ["--"] else args.remote
+    # argparse keeps the `--` that ends our options; the command's own `--` stay.
+    command = args.remote[1:] if args.remote[:1] == ["--"] else args.remote
     if not command:
         raise ConfigError("give the command to run after --, e.g. `-- sbatch head.sh`")
     conn, _ = await _connect(args, session)

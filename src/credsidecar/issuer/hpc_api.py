@@ -24,8 +24,8 @@ GET    /v1/ssh/ca.pub                        the CA line for TrustedUserCAKeys
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -35,98 +35,99 @@ from credsidecar.issuer.http_common import SERVICE, json_body, no_store_json
 __all__ = ["add_hpc_routes"]
 
 
-def _call(request: web.Request, method: str, *args: Any) -> Awaitable[Any]:
-    """Calls an HpcService method off the event loop: SQLite, the policy files, signing, and
+T = TypeVar("T")
+
+
+def _call(request: web.Request, use: Callable[[HpcService], T]) -> Awaitable[T]:
+    """Runs `use(hpc service)` off the event loop: SQLite, the policy files, signing, and
     building the service on first use all block."""
-
-    def call() -> Any:
-        hpc: HpcService = request.app[SERVICE].hpc
-        return getattr(hpc, method)(*args)
-
-    return asyncio.to_thread(call)
+    return asyncio.to_thread(lambda: use(request.app[SERVICE].hpc))
 
 
 async def _member(request: web.Request) -> Member:
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     token = presented.strip() if scheme.lower() == "bearer" else None
-    member: Member = await _call(request, "authenticate", token)
-    return member
+    return await _call(request, lambda hpc: hpc.authenticate(token))
 
 
 async def list_clusters(request: web.Request) -> web.Response:
     member = await _member(request)
-    return no_store_json({"clusters": await _call(request, "list_clusters", member)})
+    return no_store_json({"clusters": await _call(request, lambda hpc: hpc.list_clusters(member))})
 
 
 async def create_cluster(request: web.Request) -> web.Response:
     member, body = await _member(request), await json_body(request)
-    cluster = await _call(request, "create_cluster", member, body)
+    cluster = await _call(request, lambda hpc: hpc.create_cluster(member, body))
     return no_store_json(cluster.public(), status=201)
 
 
 async def get_cluster(request: web.Request) -> web.Response:
     await _member(request)
-    cluster = await _call(request, "cluster", request.match_info["name"])
+    cluster = await _call(request, lambda hpc: hpc.cluster(request.match_info["name"]))
     return no_store_json(cluster.public())
 
 
 async def update_cluster(request: web.Request) -> web.Response:
     member, body = await _member(request), await json_body(request)
-    cluster = await _call(request, "update_cluster", member, request.match_info["name"], body)
+    cluster = await _call(
+        request, lambda hpc: hpc.update_cluster(member, request.match_info["name"], body)
+    )
     return no_store_json(cluster.public())
 
 
 async def delete_cluster(request: web.Request) -> web.Response:
     member = await _member(request)
-    await _call(request, "delete_cluster", member, request.match_info["name"])
+    await _call(request, lambda hpc: hpc.delete_cluster(member, request.match_info["name"]))
     return web.Response(status=204)
 
 
 async def get_credential(request: web.Request) -> web.Response:
     member = await _member(request)
-    found = await _call(request, "get_credential", member, request.match_info["name"])
+    found = await _call(request, lambda hpc: hpc.get_credential(member, request.match_info["name"]))
     return no_store_json(found)
 
 
 async def put_credential(request: web.Request) -> web.Response:
     member, body = await _member(request), await json_body(request)
-    stored = await _call(request, "put_credential", member, request.match_info["name"], body)
+    stored = await _call(
+        request, lambda hpc: hpc.put_credential(member, request.match_info["name"], body)
+    )
     return no_store_json(stored)
 
 
 async def delete_credential(request: web.Request) -> web.Response:
     member = await _member(request)
-    await _call(request, "delete_credential", member, request.match_info["name"])
+    await _call(request, lambda hpc: hpc.delete_credential(member, request.match_info["name"]))
     return web.Response(status=204)
 
 
 async def status(request: web.Request) -> web.Response:
     member = await _member(request)
-    return no_store_json({"members": await _call(request, "status", member)})
+    return no_store_json({"members": await _call(request, lambda hpc: hpc.status(member))})
 
 
 async def certificate(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return no_store_json(await _call(request, "certificate", body), status=201)
+    return no_store_json(await _call(request, lambda hpc: hpc.certificate(body)), status=201)
 
 
 async def describe(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return no_store_json(await _call(request, "describe_for_launch", body))
+    return no_store_json(await _call(request, lambda hpc: hpc.describe_for_launch(body)))
 
 
 async def stored_key(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return no_store_json(await _call(request, "stored_key", body))
+    return no_store_json(await _call(request, lambda hpc: hpc.stored_key(body)))
 
 
 async def sign(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return no_store_json(await _call(request, "sign", body))
+    return no_store_json(await _call(request, lambda hpc: hpc.sign(body)))
 
 
 async def ca_public_key(request: web.Request) -> web.Response:
-    line = await _call(request, "ca_public_key")
+    line = await _call(request, lambda hpc: hpc.ca_public_key())
     return web.Response(text=line + "\n", content_type="text/plain")
 
 

@@ -33,11 +33,12 @@ from credsidecar.issuer.hpc_registry import (
     STORED_KEY,
     Cluster,
     HpcRegistry,
+    StoredCredential,
     parse_cluster,
 )
 from credsidecar.issuer.sealing import Sealer
 from credsidecar.issuer.service import IssuerService
-from credsidecar.issuer.ssh_ca import SshCa, parse_public_key
+from credsidecar.issuer.ssh_ca import SshCa
 
 __all__ = ["USER_KEY_PREFIX", "HpcService", "Member", "hpc_status_table", "new_user_key"]
 
@@ -234,7 +235,7 @@ class HpcService:
     def _launch(self, body: Any) -> tuple[dict[str, Any], Cluster]:
         token = _text(body, "launch_token", limit=40_000) or ""
         claims = self.issuer.verify_launch_token(token)
-        self.issuer._check_active(str(claims["user"]), str(claims["run"]))
+        self.issuer.check_active(str(claims["user"]), str(claims["run"]))
         return claims, self._cluster(_text(body, "cluster") or "")
 
     def _connection(self, cluster: Cluster, username: str) -> dict[str, Any]:
@@ -268,9 +269,13 @@ class HpcService:
             raise Forbidden(f"the launch token of run {run!r} has expired")
         key_id = f"credsidecar:{user}:{run}:{cluster.name}"
         signed = self.ca.sign(
-            _text(body, "public_key") or "", username, key_id, now, not_after, secrets.randbits(63)
+            _text(body, "public_key", limit=16_384) or "",
+            username,
+            key_id,
+            now,
+            not_after,
+            secrets.randbits(63),
         )
-        fingerprint = parse_public_key(_text(body, "public_key") or "").get_fingerprint("sha256")
         self.issuer.audit.event(
             "ssh.certificate.issued",
             user=user,
@@ -279,7 +284,7 @@ class HpcService:
             principal=username,
             key_id=key_id,
             serial=signed.serial,
-            fingerprint=fingerprint,
+            fingerprint=signed.fingerprint,
             valid_before=signed.valid_before,
         )
         return {
@@ -306,7 +311,7 @@ class HpcService:
         found = self._stored(cluster, str(claims["user"]))
         return {"public_key": found.public_key, **self._connection(cluster, found.username)}
 
-    def _stored(self, cluster: Cluster, user: str) -> Any:
+    def _stored(self, cluster: Cluster, user: str) -> StoredCredential:
         if cluster.mode != STORED_KEY:
             raise BadRequest(f"cluster {cluster.name!r} uses certificates, not stored keys")
         found = self.registry.credential(cluster.name, user)

@@ -203,7 +203,7 @@ class IssuerService:
 
     # checks shared by mint and exchange --------------------------------------------------------
 
-    def _check_active(self, user_id: str, run: str) -> None:
+    def check_active(self, user_id: str, run: str) -> None:
         user = self.policy.user(user_id)
         if user.disabled:
             raise Forbidden(f"user {user_id!r} is disabled in the identity policy")
@@ -237,7 +237,7 @@ class IssuerService:
 
     def _mint(self, request: LaunchRequest, caller: str) -> MintResult:
         policy = self.policy
-        self._check_active(request.user, request.run)
+        self.check_active(request.user, request.run)
         policy.check_membership(request.user, request.workspace)
         lifetime = request.lifetime or self.config.launch_lifetime
         if not 60 <= lifetime <= self.config.max_launch_lifetime:
@@ -419,7 +419,7 @@ class IssuerService:
         audience = form["audience"]
         user_id, run = str(claims["user"]), str(claims["run"])
         workspace, pipeline = claims.get("workspace"), claims.get("pipeline")
-        self._check_active(user_id, run)
+        self.check_active(user_id, run)
         policy = self.policy
         policy.check_membership(user_id, workspace)
         provider, name = self._pick_identity(claims, audience, form.get("resource"))

@@ -48,6 +48,7 @@ class SignedCertificate:
     valid_after: int
     valid_before: int
     serial: int
+    fingerprint: str  # of the signed public key, for the audit trail
 
 
 class SshCa:
@@ -97,7 +98,9 @@ class SshCa:
             permit_user_rc=False,
         )
         line = cert.export_certificate().decode().strip()
-        return SignedCertificate(line, key_id, principal, valid_after, not_after, serial)
+        fingerprint = str(user_key.get_fingerprint("sha256"))
+        return SignedCertificate(line, key_id, principal, valid_after, not_after, serial,
+                                 fingerprint)  # fmt: skip
 
 
 def parse_public_key(text: str) -> asyncssh.SSHKey:
