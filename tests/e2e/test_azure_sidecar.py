@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -41,9 +42,12 @@ _runs = iter(range(1_000_000))
 
 
 def azure_sidecar(
-    stack: tuple[IssuerProcess, SandboxProcess], directory: Path, user: str, *extra: str,
+    stack: tuple[IssuerProcess, SandboxProcess],
+    directory: Path,
+    user: str,
+    *extra: str,
     run: str | None = None,
-) -> SidecarProcess:  # fmt: skip
+) -> SidecarProcess:
     issuer, sandbox = stack
     token = issuer.mint(user, run or f"azure-{os.getpid()}-{next(_runs)}")["token"]
     return SidecarProcess(directory, token, sandbox, *extra, cloud="azure")
@@ -63,16 +67,21 @@ def test_azure_clients_act_as_the_user(
     shared, other = IDENTITY["genomics-pipelines"], IDENTITY["bob" if user == "alice" else "alice"]
     sidecar = azure_sidecar(stack, tmp_path / user, user)
     try:
-        done = run_client(client_args(sandbox, user, shared.client_id, other.client_id),
-                          sidecar.env)  # fmt: skip
+        done = run_client(
+            client_args(sandbox, user, shared.client_id, other.client_id), sidecar.env
+        )
     finally:
         sidecar.stop()
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     mine = IDENTITY[user]
     tenant = sandbox.info["azure"]["tenant_id"]
-    expected = {"oid": mine.object_id, "appid": mine.client_id, "tid": tenant,
-                "aud": "https://storage.azure.com"}  # fmt: skip
+    expected = {
+        "oid": mine.object_id,
+        "appid": mine.client_id,
+        "tid": tenant,
+        "aud": "https://storage.azure.com",
+    }
     assert result["managed_identity"] == expected  # verified against the Entra stand-in's keys
     assert result["default_credential"] == expected
     assert result["write_own"] == "ok" and "hello.txt" in result["list_own"]
@@ -98,15 +107,19 @@ def test_renewal_across_several_lifetimes_is_invisible_to_clients(
     sandbox = stack[1]
     sidecar = azure_sidecar(stack, tmp_path / "renew", "alice")
     try:
-        done = run_client([*AZURE_CLIENT, "loop", sandbox.info["azure"]["blob_url"], "30"],
-                          sidecar.env)  # fmt: skip
+        done = run_client(
+            [*AZURE_CLIENT, "loop", sandbox.info["azure"]["blob_url"], "30"], sidecar.env
+        )
     finally:
         sidecar.stop()
     result = json.loads(done.stdout)
     assert result["errors"] == [], done.stderr
     assert result["ok"] > 40
-    storage = [e for e in sidecar.audit_events("credentials.obtained")
-               if e["resource"] == "https://storage.azure.com"]  # fmt: skip
+    storage = [
+        e
+        for e in sidecar.audit_events("credentials.obtained")
+        if e["resource"] == "https://storage.azure.com"
+    ]
     assert len(storage) >= 4, f"12 s tokens renewed at ~6 s for 30 s: {storage}"
     expiries = [e["expiry"] for e in storage]
     assert expiries == sorted(expiries) and len(set(expiries)) == len(expiries)
@@ -121,8 +134,11 @@ def test_entra_outage_shorter_than_validity_causes_no_client_error(
     try:
         client = subprocess.Popen(
             [*AZURE_CLIENT, "loop", sandbox.info["azure"]["blob_url"], "20"],
-            env=sidecar.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            env=sidecar.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         first = sidecar.audit_events("credentials.obtained")[0]["ts"]
         time.sleep(max(0.0, first + 4 - time.time()))
         sandbox.outage(5, base=sandbox.info["azure"]["authority_url"])
@@ -185,6 +201,44 @@ def test_revoked_run_is_refused_once_the_token_in_hand_expires(
     assert len(sidecar.audit_events("credentials.obtained")) >= 1
 
 
+NODE_CLIENTS = Path(__file__).parent / "clients" / "node"
+
+
+def test_the_javascript_sdk_acts_as_the_user(
+    stack: tuple[IssuerProcess, SandboxProcess], tmp_path: Path
+) -> None:
+    """@azure/identity (ManagedIdentityCredential, DefaultAzureCredential) and
+    @azure/storage-blob in Node, trusting the sandbox CA through NODE_EXTRA_CA_CERTS."""
+    node = shutil.which("node")
+    if node is None or not (NODE_CLIENTS / "node_modules" / "@azure" / "identity").exists():
+        pytest.fail(f"node and `npm ci --prefix {NODE_CLIENTS}` are needed (./scripts/test)")
+    sandbox = stack[1]
+    sidecar = azure_sidecar(stack, tmp_path / "node", "bob")
+    try:
+        done = run_client(
+            [
+                node,
+                str(NODE_CLIENTS / "azure_clients.mjs"),
+                "bob",
+                sandbox.info["azure"]["blob_url"],
+            ],
+            sidecar.env,
+        )
+    finally:
+        sidecar.stop()
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    bob = IDENTITY["bob"]
+    assert result["claims"] == {"oid": bob.object_id, "appid": bob.client_id}
+    assert result["write_own"] == "ok" and "from-node.txt" in result["list_own"]
+    assert result["read_shared"].startswith(">chr1")
+    assert result["list_other"] == "AuthorizationPermissionMismatch"
+    assert result["write_shared"] == "AuthorizationPermissionMismatch"
+    # Node's MSAL also prefers the App Service contract when IDENTITY_ENDPOINT is set.
+    served = {e["path"] for e in sidecar.audit_events("credentials.served")}
+    assert served == {"/msi/token"}
+
+
 # The az CLI lives in its own virtual environment (it pins its own azure-* packages); the
 # README's test command installs it there.
 AZ = Path(os.environ.get("CREDSIDECAR_TEST_AZ", Path(__file__).parents[2] / ".venv-az/bin/az"))
@@ -228,17 +282,39 @@ def test_az_cli_logs_in_with_the_managed_identity(
         [account] = json.loads(login.stdout)
         assert account["tenantId"] == azure["tenant_id"]
         assert account["environmentName"] == azure["az_cloud"]
-        assert account["user"] == {"assignedIdentityInfo": "MSI", "name": "systemAssignedIdentity",
-                                   "type": "servicePrincipal"}  # fmt: skip
-        got = az(env, "account", "get-access-token", "--resource", "https://storage.azure.com",
-                 "-o", "json")  # fmt: skip
+        assert account["user"] == {
+            "assignedIdentityInfo": "MSI",
+            "name": "systemAssignedIdentity",
+            "type": "servicePrincipal",
+        }
+        got = az(
+            env,
+            "account",
+            "get-access-token",
+            "--resource",
+            "https://storage.azure.com",
+            "-o",
+            "json",
+        )
         assert got.returncode == 0, got.stderr
         token = json.loads(got.stdout)
         claims = token_claims(sandbox, token["accessToken"], "https://storage.azure.com")
         assert (claims["oid"], claims["appid"]) == (alice.object_id, alice.client_id)
         assert int(token["expires_on"]) == claims["exp"]
-        put = az(env, "storage", "blob", "upload", "--container-name", "alice-data",
-                 "--name", "from-az.txt", "--file", str(upload), "--overwrite", *blob)  # fmt: skip
+        put = az(
+            env,
+            "storage",
+            "blob",
+            "upload",
+            "--container-name",
+            "alice-data",
+            "--name",
+            "from-az.txt",
+            "--file",
+            str(upload),
+            "--overwrite",
+            *blob,
+        )
         assert put.returncode == 0, put.stderr
         listed = az(env, "storage", "blob", "list", "--container-name", "alice-data", *blob)
         assert "from-az.txt" in [b["name"] for b in json.loads(listed.stdout)]
@@ -250,10 +326,18 @@ def test_az_cli_logs_in_with_the_managed_identity(
         assert json.loads(second.stdout)[0]["user"]["assignedIdentityInfo"] == (
             f"MSIClient-{shared.client_id}"
         )
-        got = az(env, "account", "get-access-token", "--resource", "https://management.azure.com/",
-                 "-o", "json")  # fmt: skip
-        claims = token_claims(sandbox, json.loads(got.stdout)["accessToken"],
-                              "https://management.azure.com/")  # fmt: skip
+        got = az(
+            env,
+            "account",
+            "get-access-token",
+            "--resource",
+            "https://management.azure.com/",
+            "-o",
+            "json",
+        )
+        claims = token_claims(
+            sandbox, json.loads(got.stdout)["accessToken"], "https://management.azure.com/"
+        )
         assert claims["appid"] == shared.client_id
         # bob's identity is not granted to alice's launch: refused, and the CLI says why.
         refused = az(env, "login", "--identity", "--client-id", bob.client_id)
