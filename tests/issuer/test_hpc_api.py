@@ -168,3 +168,28 @@ async def test_the_issuer_signs_only_the_members_login_with_the_stored_key(api: 
                                      body={"launch_token": await api.launch("bob", "run-2"),
                                            "cluster": "hpc2"})  # fmt: skip
     assert status == 403 and "'bob' has no stored credential" in refused["error_description"]
+
+
+async def test_a_cluster_the_policy_names_follows_its_grants_and_usernames(api: Api) -> None:
+    """The example policy's sandbox-cluster is granted to the genomics workspace and maps
+    alice -> alice; in the registry it needs only how to reach and verify it."""
+    body = {"name": "sandbox-cluster", "host": "127.0.0.1", "host_keys": [HOST_KEY]}
+    assert (await api.call("POST", "/v1/hpc/clusters", "carol", body))[0] == 201
+    request = {"cluster": "sandbox-cluster", "public_key": ALICE_KEY.export_public_key().decode()}
+    granted = await api.launch("alice", "run-ws")  # workspace genomics: granted
+    status, issued = await api.call(
+        "POST", "/v1/ssh/certificates", body={**request, "launch_token": granted}
+    )
+    assert status == 201 and issued["username"] == "alice"  # the policy's mapping
+    ungranted = await api.launch("alice", "run-solo", workspace=None)
+    status, refused = await api.call(
+        "POST", "/v1/ssh/certificates", body={**request, "launch_token": ungranted}
+    )
+    assert status == 403
+    assert (
+        "run 'run-solo' of user 'alice' is not granted HPC cluster 'sandbox-cluster'"
+        in (refused["error_description"])
+    )
+    rows = {r["user"]: r for r in (await api.call("GET", "/v1/hpc/status", "carol"))[1]["members"]}
+    assert rows["alice"]["sandbox-cluster"] == "certificate"
+    assert rows["carol"]["sandbox-cluster"] == "missing"

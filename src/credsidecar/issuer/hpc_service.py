@@ -224,7 +224,8 @@ class HpcService:
             row = {"user": user_id}
             for cluster in clusters:
                 if cluster.mode == CERTIFICATE:
-                    row[cluster.name] = CERTIFIED if user_id in cluster.usernames else MISSING
+                    has_name = self._username(cluster, user_id) is not None
+                    row[cluster.name] = CERTIFIED if has_name else MISSING
                 else:
                     row[cluster.name] = ADDED if (cluster.name, user_id) in stored else MISSING
             rows.append(row)
@@ -235,8 +236,26 @@ class HpcService:
     def _launch(self, body: Any) -> tuple[dict[str, Any], Cluster]:
         token = _text(body, "launch_token", limit=40_000) or ""
         claims = self.issuer.verify_launch_token(token)
-        self.issuer.check_active(str(claims["user"]), str(claims["run"]))
-        return claims, self._cluster(_text(body, "cluster") or "")
+        user, run = str(claims["user"]), str(claims["run"])
+        self.issuer.check_active(user, run)
+        cluster = self._cluster(_text(body, "cluster") or "")
+        # A cluster the policy also names ([identities.hpc.NAME]) is used only by launches its
+        # grants gave it to, like any other identity; a registry-only cluster by any member.
+        if cluster.name in self.issuer.policy.identities["hpc"]:
+            granted = [d.get("name") for d in claims.get("identities", {}).get("hpc", [])]
+            if cluster.name not in granted:
+                raise Forbidden(
+                    f"run {run!r} of user {user!r} is not granted HPC cluster {cluster.name!r}; "
+                    'the policy\'s grants with provider = "hpc" decide which launches may use it'
+                )
+        return claims, cluster
+
+    def _username(self, cluster: Cluster, user: str) -> str | None:
+        """Certificate mode: the owner's mapping, else the policy's `usernames` for the cluster."""
+        if user in cluster.usernames:
+            return cluster.usernames[user]
+        in_policy = self.issuer.policy.identities["hpc"].get(cluster.name)
+        return getattr(in_policy, "usernames", {}).get(user)
 
     def _connection(self, cluster: Cluster, username: str) -> dict[str, Any]:
         return {
@@ -253,7 +272,7 @@ class HpcService:
         user, run = str(claims["user"]), str(claims["run"])
         if cluster.mode != CERTIFICATE:
             raise BadRequest(f"cluster {cluster.name!r} uses stored keys, not certificates")
-        username = cluster.usernames.get(user)
+        username = self._username(cluster, user)
         if not username:
             raise Forbidden(
                 f"user {user!r} has no Linux username on cluster {cluster.name!r}; "
