@@ -34,6 +34,10 @@ def test_version() -> None:
         ["issuer", "rotate-key"], ["issuer", "status"], ["issuer", "new-api-key"],
         ["issuer", "revoke-run"], ["issuer", "disable-user"], ["issuer", "enable-user"],
         ["token"], ["token", "mint"], ["serve"], ["env"], ["sandbox"], ["dev"],
+        ["issuer", "new-user-key"], ["issuer", "revoke-user-key"], ["issuer", "new-kek"],
+        ["hpc"], ["hpc", "run"], ["hpc", "check"], ["hpc", "cert"], ["hpc", "cluster"],
+        ["hpc", "cluster", "add"], ["hpc", "credential", "set"], ["hpc", "status"],
+        ["hpc", "ca-public-key"],
     ],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
@@ -124,3 +128,24 @@ def test_revoke_run_and_rotate_key_from_the_cli(config: Path) -> None:
 def test_new_api_key_prints_key_and_digest() -> None:
     out = run("issuer", "new-api-key", "--name", "seqera").stdout
     assert "csk_" in out and 'name = "seqera"' in out and "sha256 = " in out
+
+
+def test_member_keys_are_created_once_shown_and_revoked(config: Path) -> None:
+    import hashlib
+
+    from credsidecar.issuer.config import load_config
+    from credsidecar.issuer.runner import open_service
+
+    made = run("issuer", "new-user-key", "--config", str(config), "--user", "alice",
+               "--name", "laptop")  # fmt: skip
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("csu_")
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    with open_service(load_config(config)) as service:
+        assert service.hpc.registry.user_of_key(digest) == ("alice", "laptop")
+        assert key not in service.config.database.read_bytes().decode(errors="replace")
+    run("issuer", "revoke-user-key", "--config", str(config), "--user", "alice")
+    with open_service(load_config(config)) as service:
+        assert service.hpc.registry.user_of_key(digest) is None
+    missing = run("issuer", "new-user-key", "--config", str(config), "--user", "mallory", ok=False)
+    assert missing.returncode != 0 and "mallory" in missing.stderr

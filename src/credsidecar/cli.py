@@ -111,6 +111,17 @@ def _cmd_new_user_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_revoke_user_key(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.runner import open_service
+
+    with open_service(_config(args)) as service:
+        removed = service.hpc.registry.revoke_user_keys(args.user, args.name)
+        service.audit.event("member_key.revoked", user=args.user, name=args.name, count=removed)
+    which = f"named {args.name!r}" if args.name else "(all)"
+    print(f"revoked {removed} member API key(s) of {args.user} {which}")
+    return 0 if removed else 1
+
+
 def _cmd_new_kek(args: argparse.Namespace) -> int:
     from credsidecar.issuer.sealing import new_kek_text
     from credsidecar.jobenv import write_private_atomic
@@ -294,6 +305,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, help="the policy user it authenticates")
     p.add_argument("--name", default="default", help="a label, e.g. the device")
     p.set_defaults(func=_cmd_new_user_key)
+    p = with_config(sub.add_parser("revoke-user-key", help="revoke member API keys"))
+    p.add_argument("--user", required=True)
+    p.add_argument("--name", help="only the key with this label (default: all of the user's)")
+    p.set_defaults(func=_cmd_revoke_user_key)
     p = sub.add_parser("new-kek", help="write a key-encryption key for stored SSH keys")
     p.add_argument("path", help="file to create (mode 0600)")
     p.set_defaults(func=_cmd_new_kek)

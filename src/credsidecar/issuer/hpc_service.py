@@ -116,7 +116,7 @@ class HpcService:
                 "owners (`owner = true` in the policy) manage clusters"
             )
 
-    def _cluster(self, name: str) -> Cluster:
+    def cluster(self, name: str) -> Cluster:
         cluster = self.registry.cluster(name)
         if cluster is None:
             raise NotFound(
@@ -127,9 +127,6 @@ class HpcService:
 
     # clusters (owners) -----------------------------------------------------------------------
 
-    def cluster(self, name: str) -> Cluster:
-        return self._cluster(name)
-
     def list_clusters(self, member: Member) -> list[dict[str, Any]]:
         return [c.public() for c in self.registry.clusters()]
 
@@ -139,15 +136,15 @@ class HpcService:
         cluster = parse_cluster(name, body, self.issuer.policy.users)
         self.registry.put_cluster(cluster, member.user_id, create=True)
         self._audit("hpc.cluster.created", member, cluster=name, mode=cluster.mode)
-        return self._cluster(name)
+        return self.cluster(name)
 
     def update_cluster(self, member: Member, name: str, body: Any) -> Cluster:
         self._owner(member, "edit clusters")
-        current = self._cluster(name)
+        current = self.cluster(name)
         cluster = parse_cluster(name, body, self.issuer.policy.users, base=current)
         self.registry.put_cluster(cluster, member.user_id, create=False)
         self._audit("hpc.cluster.updated", member, cluster=name, mode=cluster.mode)
-        return self._cluster(name)
+        return self.cluster(name)
 
     def delete_cluster(self, member: Member, name: str) -> None:
         self._owner(member, "delete clusters")
@@ -158,14 +155,14 @@ class HpcService:
     # stored credentials (each member their own) ----------------------------------------------
 
     def get_credential(self, member: Member, cluster: str) -> dict[str, Any]:
-        self._cluster(cluster)
+        self.cluster(cluster)
         found = self.registry.credential(cluster, member.user_id)
         if found is None:
             raise NotFound(f"user {member.user_id!r} has no stored credential for {cluster!r}")
         return found.public()
 
     def put_credential(self, member: Member, cluster_name: str, body: Any) -> dict[str, Any]:
-        cluster = self._cluster(cluster_name)
+        cluster = self.cluster(cluster_name)
         if cluster.mode != STORED_KEY:
             raise BadRequest(
                 f"cluster {cluster_name!r} uses certificates: nothing to upload; "
@@ -209,7 +206,7 @@ class HpcService:
         return stored.public()
 
     def delete_credential(self, member: Member, cluster: str) -> None:
-        self._cluster(cluster)
+        self.cluster(cluster)
         if not self.registry.delete_credential(cluster, member.user_id):
             raise NotFound(f"user {member.user_id!r} has no stored credential for {cluster!r}")
         self._audit("hpc.credential.deleted", member, cluster=cluster)
@@ -238,7 +235,7 @@ class HpcService:
         claims = self.issuer.verify_launch_token(token)
         user, run = str(claims["user"]), str(claims["run"])
         self.issuer.check_active(user, run)
-        cluster = self._cluster(_text(body, "cluster") or "")
+        cluster = self.cluster(_text(body, "cluster") or "")
         # A cluster the policy also names ([identities.hpc.NAME]) is used only by launches its
         # grants gave it to, like any other identity; a registry-only cluster by any member.
         if cluster.name in self.issuer.policy.identities["hpc"]:
