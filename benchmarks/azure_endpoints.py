@@ -49,13 +49,6 @@ def app_service_headers(sidecar: Sidecar) -> dict[str, str]:
     return {"X-IDENTITY-HEADER": sidecar.env["IDENTITY_HEADER"]}
 
 
-def get_ok(url: str, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
-    status, body, response_headers = harness.fetch("GET", url, headers)
-    if status != 200:
-        raise RuntimeError(f"GET {url}: HTTP {status} {body[:300]!r}")
-    return body, response_headers
-
-
 def load_section(bench: Bench, token: str) -> None:
     with harness.section("load: sidecar and bare aiohttp, wrk on the client core"):
         sidecar = harness.start_sidecar(
@@ -68,8 +61,8 @@ def load_section(bench: Bench, token: str) -> None:
         url = sidecar.url
         secret = app_service_headers(sidecar)
         # The first request for Storage fetches its token upstream (ready needs only ARM's).
-        app_body, app_headers = get_ok(url + APP_SERVICE_PATH, secret)
-        imds_body, imds_headers = get_ok(url + IMDS_PATH, METADATA)
+        app_body, app_headers = harness.get_ok(url + APP_SERVICE_PATH, secret)
+        imds_body, imds_headers = harness.get_ok(url + IMDS_PATH, METADATA)
         print(
             f"   App Service body {len(app_body)} bytes ({app_headers['Content-Type']}), "
             f"IMDS body {len(imds_body)} bytes ({imds_headers['Content-Type']})"

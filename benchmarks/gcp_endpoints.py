@@ -37,13 +37,6 @@ BARE_TOKEN = "bare aiohttp (token bytes)"  # noqa: S105 - a table label
 BARE_IDENTITY = "bare aiohttp (identity bytes)"
 
 
-def get_ok(url: str) -> tuple[bytes, dict[str, str]]:
-    status, body, headers = harness.fetch("GET", url, FLAVOR)
-    if status != 200:
-        raise RuntimeError(f"GET {url}: HTTP {status} {body[:300]!r}")
-    return body, headers
-
-
 def load_section(bench: Bench, token: str) -> None:
     with harness.section("load: sidecar and bare aiohttp, wrk on the client core"):
         sidecar = harness.start_sidecar(
@@ -54,10 +47,10 @@ def load_section(bench: Bench, token: str) -> None:
             harness.proc_status(sidecar.proc.pid).get("VmRSS")
         )
         url = sidecar.url
-        token_body, token_headers = get_ok(url + TOKEN_PATH)
+        token_body, token_headers = harness.get_ok(url + TOKEN_PATH, FLAVOR)
         # The warm-up request: the first one for an audience fetches the ID token upstream.
-        identity_body, identity_headers = get_ok(url + IDENTITY_PATH)
-        if get_ok(url + IDENTITY_PATH)[0] != identity_body:
+        identity_body, identity_headers = harness.get_ok(url + IDENTITY_PATH, FLAVOR)
+        if harness.get_ok(url + IDENTITY_PATH, FLAVOR)[0] != identity_body:
             raise RuntimeError("the ID token changed between two requests: not cached?")
         print(
             f"   token body {len(token_body)} bytes ({token_headers['Content-Type']}), "

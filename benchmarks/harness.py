@@ -129,6 +129,14 @@ def fetch(
         return exc.code, exc.read(), dict(exc.headers.items())
 
 
+def get_ok(url: str, headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a GET that must answer 200 (a warm-up or a shape check)."""
+    status, body, response_headers = fetch("GET", url, headers)
+    if status != 200:
+        raise RuntimeError(f"GET {url}: HTTP {status} {body[:300]!r}")
+    return body, response_headers
+
+
 def http(
     method: str,
     url: str,
