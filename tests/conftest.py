@@ -30,6 +30,11 @@ def no_blocking_calls_on_the_event_loop(request: pytest.FixtureRequest) -> Itera
         # One short JSON line per event, line-buffered: the same trade-off as stdlib logging.
         for name in ("io.TextIOWrapper.write", "io.BufferedWriter.write", "os.write"):
             bb.functions[name].can_block_in("credsidecar/audit.py", "event")
+        # The /proc/net/tcp fallback where sock_diag is unavailable: a procfs read (no disk),
+        # once per connection; a thread per new connection would cost more than the read.
+        bb.functions["io.BufferedReader.read"].can_block_in(
+            "credsidecar/endpoints/peers.py", "_read_table"
+        )
         yield
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,3 +153,117 @@ def test_member_keys_are_created_once_shown_and_revoked(config: Path) -> None:
         assert service.hpc.registry.user_of_key(digest) is None
     missing = run("issuer", "new-user-key", "--config", str(config), "--user", "mallory", ok=False)
     assert missing.returncode != 0 and "mallory" in missing.stderr
+
+
+def test_token_mint_out_onto_an_existing_file_leaves_it_private(
+    config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "launch.jwt"
+    out.write_text("old")
+    out.chmod(0o644)
+    run("token", "mint", "--config", str(config), "--user", "bob", "--run", "r1",
+        "--workspace", "genomics", "--out", str(out))  # fmt: skip
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert out.read_text().count(".") == 2
+
+
+# --- a run directory another local user planted ------------------------------------------------
+
+NOBODY = 65534
+
+
+def plant(run_dir: Path, mode: int = 0o755, owner: int | None = NOBODY) -> Path:
+    """What another user leaves at the predictable path: an env file that runs a command."""
+    run_dir.mkdir()
+    (run_dir / "env").write_text("touch /tmp/credsidecar-pwned\n")
+    (run_dir / "env").chmod(0o600)
+    run_dir.chmod(mode)
+    if owner is not None:
+        os.chown(run_dir / "env", owner, owner)
+        os.chown(run_dir, owner, owner)
+    return run_dir
+
+
+def untouched(run_dir: Path, mode: int) -> bool:
+    return stat.S_IMODE(run_dir.stat().st_mode) == mode and [p.name for p in run_dir.iterdir()] == [
+        "env"
+    ]
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another uid")
+
+
+@needs_root
+def test_env_prints_nothing_from_a_run_directory_another_user_owns(tmp_path: Path) -> None:
+    run_dir = plant(tmp_path / "run")
+    done = run("env", "--run-dir", str(run_dir), ok=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        f"credsidecar: run directory {run_dir} is owned by uid {NOBODY}, not you (uid 0): "
+        "someone else may have planted it; remove it or pass --run-dir to a private directory "
+        "(or set XDG_RUNTIME_DIR)\n"
+    )
+
+
+def test_env_prints_nothing_from_a_run_directory_others_can_write(tmp_path: Path) -> None:
+    run_dir = plant(tmp_path / "run", mode=0o777, owner=None)
+    done = run("env", "--run-dir", str(run_dir), ok=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"run directory {run_dir} has mode 0777" in done.stderr
+
+
+def test_env_prints_nothing_from_an_env_file_others_can_read(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    (run_dir / "env").write_text("export A=1\n")
+    (run_dir / "env").chmod(0o644)
+    done = run("env", "--run-dir", str(run_dir), ok=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"{run_dir / 'env'} has mode 0644" in done.stderr
+
+
+@needs_root
+def test_serve_refuses_a_planted_run_directory_and_leaves_it_alone(tmp_path: Path) -> None:
+    run_dir = plant(tmp_path / "run")
+    token = tmp_path / "launch-token"
+    token.write_text("a.b.c")
+    done = run("serve", "--token-file", str(token), "--run-dir", str(run_dir), ok=False)
+    assert done.returncode == 2, done.stderr
+    assert f"run directory {run_dir} is owned by uid {NOBODY}, not you (uid 0)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert untouched(run_dir, 0o755)
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A directory under /tmp that another uid can traverse (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="credsidecar-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop to another uid")
+@pytest.mark.parametrize("command", ["serve", "env"])
+@pytest.mark.parametrize("mode", [0o755, 0o700])
+def test_a_non_root_user_is_refused_a_run_directory_root_owns(
+    reachable_dir: Path, command: str, mode: int
+) -> None:
+    """The reverse plant, without root's power to chmod or to open a 0700 directory: a
+    readable message, no traceback."""
+    run_dir = plant(reachable_dir / "run", mode=mode, owner=None)  # root's
+    token = reachable_dir / "launch-token"
+    token.write_text("a.b.c")
+    token.chmod(0o644)
+    extra = ["--token-file", str(token)] if command == "serve" else []
+    done = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *CLI, command,
+         "--run-dir", str(run_dir), *extra],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert f"run directory {run_dir} is owned by uid 0, not you (uid {NOBODY})" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert untouched(run_dir, mode)

@@ -17,7 +17,7 @@ from credsidecar.endpoints.guards import RefusalLog
 from credsidecar.jobenv import AWS_UNSET, render, write_private_atomic
 from credsidecar.launch import StaticTokenSource
 from credsidecar.providers import Context, build_aws
-from tests.e2e.processes import apply_shell_env
+from tests.support.jobenv import apply_shell_env
 
 
 def test_render_quotes_values_for_the_shell() -> None:

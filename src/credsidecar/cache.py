@@ -3,7 +3,10 @@
 - `start()` fetches the first value before the sidecar reports ready.
 - A background task renews at `REFRESH_FRACTION` of the lifetime, detached from any client.
 - On failure the still-valid value keeps being served, retried with exponential backoff and
-  jitter; an expired value is never served: `current()` raises `Unavailable` with the cause.
+  jitter, early enough that several attempts fit before it runs out; an expired value is never
+  served: `current()` raises `Unavailable` with the cause and a `retry_after` equal to the time
+  to the next attempt, which a client's request brings forward (rate-limited), or, after a
+  refusal retrying will not change (a revoked run), an error of that refusal's kind (403).
 - Expiry is held on the wall clock and cross-checked with the monotonic clock, so neither a
   suspended host (monotonic stalls) nor a clock jump (wall moves) extends a lifetime.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +24,7 @@ from typing import Generic, Protocol, TypeVar
 
 from credsidecar.errors import CredsidecarError, Unavailable
 
-__all__ = ["Cached", "CredentialCache", "Expiring"]
+__all__ = ["Cached", "CredentialCache", "Expiring", "T"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,17 @@ SERVE_MARGIN_MAX = 60.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 BACKOFF_MAX_PERMANENT = 300.0
+# While a value is still served, a retry waits at most 1/ATTEMPTS_BEFORE_MARGIN of the time left
+# before its serving margin (less the duration of the last successful fetch), so at least that
+# many more attempts fit even for a 20 s credential on a slow machine; but never less than
+# RETRY_MIN, so a value at the edge of its margin does not make the loop spin.
+ATTEMPTS_BEFORE_MARGIN = 3
+RETRY_MIN = 0.5
+# Once nothing valid is left, a client request brings the next attempt forward (the request
+# itself is answered 503 at once, never held on the upstream): at most one such attempt this
+# often, so a recovered upstream is noticed within seconds instead of at the end of a backoff
+# that grew to BACKOFF_MAX during a long outage, and clients in a loop cannot hammer it.
+CLIENT_RETRY_INTERVAL = 2.0
 # The refresher wakes at least this often to re-read both clocks.
 MAX_SLEEP = 10.0
 
@@ -82,6 +97,13 @@ class CredentialCache(Generic[T]):
         self.last_error: CredsidecarError | None = None
         self.fetches = 0
         self._failures = 0
+        # The schedule, on the monotonic clock: when the next attempt after a failure is due
+        # (None: at the refresh point, or now if there is nothing valid), when the last began,
+        # and how long the last successful fetch took (a slow upstream needs an earlier retry).
+        self._retry_at: float | None = None
+        self._last_attempt: float | None = None
+        self._fetch_took = 0.0
+        self._wake = asyncio.Event()  # a client brought the next attempt forward
 
     # reading ------------------------------------------------------------------------------------
 
@@ -89,34 +111,47 @@ class CredentialCache(Generic[T]):
         """Seconds left by the more pessimistic of the two clocks."""
         return min(entry.wall_expiry - self._wall(), entry.mono_expiry - self._mono())
 
-    def current_entry(self) -> Cached[T]:
-        """The value to serve now, or `Unavailable` saying why there is none."""
+    def _valid(self) -> Cached[T] | None:
         entry = self._entry
         if entry is not None and self.remaining(entry) > entry.margin:
             return entry
-        if self.last_error is not None:
-            cause = self.last_error.message
-        elif entry is not None:
+        return None
+
+    def current_entry(self) -> Cached[T]:
+        """The value to serve now, or the error saying why there is none.
+
+        After a refusal retrying will not change (a revoked run) that error is of the refusal's
+        own kind (`Forbidden`...); otherwise it is `Unavailable`, whose `retry_after` is the
+        time to the next attempt, which this call brings forward (see CLIENT_RETRY_INTERVAL).
+        """
+        entry = self._valid()
+        if entry is not None:
+            return entry
+        error = self.last_error
+        if error is not None:
+            cause = error.message
+        elif self._entry is not None:
             cause = "the credentials expired and renewal has not succeeded yet"
         else:
             cause = "the first credentials have not been obtained yet"
-        raise Unavailable(
-            f"no valid {self.name} credentials: {cause}", retry_after=self.retry_after()
-        )
+        message = f"no valid {self.name} credentials: {cause}"
+        if error is not None and not error.retryable:
+            raise error.restated(message)
+        self._hurry()
+        raise Unavailable(message, retry_after=self.retry_after())
 
     def current(self) -> T:
         return self.current_entry().value
 
     @property
     def ready(self) -> bool:
-        try:
-            self.current_entry()
-        except Unavailable:
-            return False
-        return True
+        return self._valid() is not None
 
     def retry_after(self) -> int:
-        return max(1, min(30, int(BACKOFF_FIRST * 2**self._failures)))
+        """Whole seconds until the next attempt (at least 1): a 503's `Retry-After`."""
+        if self._retry_at is None:  # an attempt is due now or under way
+            return 1
+        return max(1, math.ceil(self._retry_at - self._mono()))
 
     # fetching -----------------------------------------------------------------------------------
 
@@ -129,6 +164,7 @@ class CredentialCache(Generic[T]):
     async def _do_fetch(self) -> Cached[T]:
         # Clocks are read before the call, so the computed expiry errs early, never late.
         wall0, mono0 = self._wall(), self._mono()
+        self._last_attempt = mono0
         self.fetches += 1
         try:
             value = await self._fetch()
@@ -145,6 +181,7 @@ class CredentialCache(Generic[T]):
         generation = self._entry.generation + 1 if self._entry else 1
         entry = Cached(value, value.expires_at, mono0 + lifetime, lifetime, generation)
         self._entry, self.last_error, self._failures = entry, None, 0
+        self._retry_at, self._fetch_took = None, max(0.0, self._mono() - mono0)
         if self._on_new is not None:
             self._on_new(value)
         return entry
@@ -162,15 +199,21 @@ class CredentialCache(Generic[T]):
                 if not exc.retryable or left <= 0:
                     raise
                 delay = min(left, self._backoff(permanent=False))
+                self._retry_at = self._mono() + delay
                 log.warning("%s: %s; retrying in %.1f s", self.name, exc.message, delay)
                 await self._sleep(delay)
         self._task = asyncio.create_task(self._renew_forever(), name=f"renew {self.name}")
 
-    async def close(self) -> None:
+    def stop(self) -> None:
+        """Ends renewal at once (the tasks finish cancelling in the background)."""
         for task in (self._task, self._inflight):
             if task is not None and not task.done():
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+
+    async def close(self) -> None:
+        self.stop()
+        tasks = [task for task in (self._task, self._inflight) if task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _backoff(self, permanent: bool) -> float:
         cap = BACKOFF_MAX_PERMANENT if permanent else BACKOFF_MAX
@@ -180,100 +223,80 @@ class CredentialCache(Generic[T]):
     def _refresh_due_in(self, entry: Cached[T]) -> float:
         return self.remaining(entry) - entry.lifetime * (1 - REFRESH_FRACTION)
 
+    def _attempt_due_in(self) -> float:
+        if self._retry_at is not None:
+            return self._retry_at - self._mono()
+        entry = self._entry
+        return self._refresh_due_in(entry) if entry is not None else 0.0
+
+    def _hurry(self) -> None:
+        """A client found nothing valid: bring the next attempt forward to now, or to
+        CLIENT_RETRY_INTERVAL after the last one began. The request itself never waits."""
+        if self._task is None or self._task.done():
+            return  # not renewing yet (start retries on its own) or closed
+        if self._inflight is not None and not self._inflight.done():
+            return  # an attempt is under way
+        now = self._mono()
+        earliest = now
+        if self._last_attempt is not None:
+            earliest = max(now, self._last_attempt + CLIENT_RETRY_INTERVAL)
+        if self._retry_at is None or earliest < self._retry_at:
+            self._retry_at = earliest
+            self._wake.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps `seconds`, or less when a client brings the next attempt forward."""
+        self._wake.clear()
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeping, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            woken.cancel()
+            await asyncio.gather(sleeping, woken, return_exceptions=True)
+
+    def _retry_delay(self, exc: CredsidecarError) -> float:
+        delay = self._backoff(permanent=not exc.retryable)
+        entry = self._valid()
+        if entry is not None:
+            # Try again before the value we still serve runs out, leaving room for
+            # ATTEMPTS_BEFORE_MARGIN more attempts, each as slow as the last successful fetch.
+            left = self.remaining(entry) - entry.margin - self._fetch_took
+            delay = min(delay, max(RETRY_MIN, left / ATTEMPTS_BEFORE_MARGIN))
+        return delay
+
     async def _renew_forever(self) -> None:
         while True:
-            entry = self._entry
-            wait = self._refresh_due_in(entry) if entry is not None else 0.0
+            wait = self._attempt_due_in()
             if wait > 0:
-                await self._sleep(min(wait, MAX_SLEEP))
+                await self._pause(min(wait, MAX_SLEEP))
                 continue
+            self._retry_at = None  # under way: a 503 meanwhile says "retry in 1 s"
             try:
                 await self.refresh()
             except CredsidecarError as exc:
-                delay = self._backoff(permanent=not exc.retryable)
-                if entry is not None and self.remaining(entry) > entry.margin:
-                    # Try again before the value we still serve runs out.
-                    delay = max(0.5, min(delay, (self.remaining(entry) - entry.margin) / 2))
+                now = self._mono()
+                delay = self._retry_delay(exc)
+                if self._retry_at is not None:  # a client brought it forward as this one ended
+                    delay = min(delay, max(0.0, self._retry_at - now))
+                self._retry_at = now + delay
+                if self.ready:
+                    state = "still serving valid credentials"
+                elif exc.retryable:
+                    state = (
+                        "nothing valid to serve (a client request brings the attempt forward, "
+                        f"at most every {CLIENT_RETRY_INTERVAL:g} s)"
+                    )
+                else:
+                    state = "nothing valid to serve"
                 log.error(
                     "renewing %s failed: %s; %s; next attempt in %.1f s",
                     self.name,
                     exc.message,
-                    "still serving valid credentials" if self.ready else "nothing valid to serve",
+                    state,
                     delay,
                 )
-                await self._sleep(delay)
             except Exception:  # a bug must not end renewals for good
                 log.exception("unexpected error renewing %s", self.name)
-                await self._sleep(BACKOFF_MAX)
-
-
-K = TypeVar("K")
-
-# A family holds at most this many caches (scope sets, audiences): a client asking for
-# ever-new keys cannot make the sidecar hold or renew unbounded credentials.
-MAX_FAMILY = 32
-
-
-class CacheFamily(Generic[K, T]):
-    """One `CredentialCache` per key (a scope set, an audience), started on first use.
-
-    The first request for a new key waits for its first fetch (shared by every concurrent
-    request for that key); after that it is answered from memory and renewed in the background.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        fetch: Callable[[K], Awaitable[T]],
-        give_up_after: float,
-        on_new: Callable[[K, T], None] | None = None,
-    ) -> None:
-        self.name = name
-        self._fetch = fetch
-        self._give_up_after = give_up_after
-        self._on_new = on_new
-        self._caches: dict[K, CredentialCache[T]] = {}
-        self._starting: dict[K, asyncio.Task[None]] = {}
-
-    def _make(self, key: K) -> CredentialCache[T]:
-        on_new = self._on_new
-        return CredentialCache(
-            f"{self.name} [{key}]",
-            lambda: self._fetch(key),
-            on_new=(lambda value: on_new(key, value)) if on_new is not None else None,
-        )
-
-    async def get(self, key: K) -> Cached[T]:
-        cache = self._caches.get(key)
-        if cache is None:
-            if len(self._caches) >= MAX_FAMILY:
-                raise Unavailable(
-                    f"{self.name}: more than {MAX_FAMILY} distinct requests are being kept "
-                    "fresh; reuse scope sets or audiences"
-                )
-            cache = self._caches[key] = self._make(key)
-            self._starting[key] = asyncio.create_task(cache.start(self._give_up_after))
-        starting = self._starting.get(key)
-        if starting is not None:
-            try:
-                await asyncio.shield(starting)
-            except CredsidecarError:
-                # A failed start is forgotten, so the next request tries again.
-                self._caches.pop(key, None)
-                raise
-            finally:
-                if starting.done():
-                    self._starting.pop(key, None)
-        return cache.current_entry()
-
-    def current(self, key: K) -> Cached[T]:
-        cache = self._caches.get(key)
-        if cache is None:
-            raise Unavailable(f"{self.name} [{key}]: not requested yet")
-        return cache.current_entry()
-
-    async def close(self) -> None:
-        for task in self._starting.values():
-            task.cancel()
-        for cache in self._caches.values():
-            await cache.close()
+                self._retry_at = self._mono() + BACKOFF_MAX

@@ -124,7 +124,7 @@ def _cmd_revoke_user_key(args: argparse.Namespace) -> int:
 
 def _cmd_new_kek(args: argparse.Namespace) -> int:
     from credsidecar.issuer.sealing import new_kek_text
-    from credsidecar.jobenv import write_private_atomic
+    from credsidecar.private_files import write_private_atomic
 
     path = Path(args.path)
     if path.exists():
@@ -184,10 +184,11 @@ def _cmd_token_mint(args: argparse.Namespace) -> int:
     with open_service(_config(args)) as service:
         result = service.mint(request, caller="cli")
     if args.out:
+        from credsidecar.private_files import write_private_atomic
+
         out = Path(args.out)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(result.token)
+        # A new 0600 file renamed into place: an existing file keeps neither its mode nor inode.
+        write_private_atomic(out, result.token)
         print(f"launch token {result.jti} (expires {result.expires_at}) written to {out}")
     elif args.json:
         print(
@@ -239,21 +240,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_env(args: argparse.Namespace) -> int:
     import time
 
-    from credsidecar.config import default_run_dir
+    from credsidecar.config import RUN_DIR_REMEDY, default_run_dir
     from credsidecar.daemon import ENV_FILE_NAME
+    from credsidecar.private_files import read_private_text
 
     path = Path(args.run_dir or default_run_dir()) / ENV_FILE_NAME
     deadline = time.monotonic() + args.wait
-    while not path.exists():
-        if time.monotonic() >= deadline:
-            print(
-                f"credsidecar: no ready sidecar uses run directory {path.parent} (no {path.name} "
-                "file); start `credsidecar serve` or pass its --run-dir",
-                file=sys.stderr,
-            )
-            return 1
-        time.sleep(0.1)
-    sys.stdout.write(path.read_text(encoding="utf-8"))
+    while True:
+        try:
+            # The shell evals this text: a directory or file another user planted or can
+            # change is refused (ConfigError, exit 2) before anything is printed.
+            text = read_private_text(path, directory="run directory", remedy=RUN_DIR_REMEDY)
+            break
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                print(
+                    f"credsidecar: no ready sidecar uses run directory {path.parent} (no "
+                    f"{path.name} file); start `credsidecar serve` or pass its --run-dir",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.1)
+    sys.stdout.write(text)
     return 0
 
 

@@ -19,13 +19,20 @@ __all__ = ["SidecarConfig", "add_sidecar_arguments", "default_run_dir"]
 
 # STS accepts 900..43200 s; shorter lifetimes exist for the sandbox's renewal tests.
 MIN_DURATION, MAX_DURATION = 5, 43200
+MAX_UID = 2**32 - 1  # uid_t is 32 bits and (uid_t)-1 means "no user"
+
+
+# The way out when the run directory is refused (private_files.py says why it would be).
+RUN_DIR_REMEDY = "remove it or pass --run-dir to a private directory (or set XDG_RUNTIME_DIR)"
 
 
 def default_run_dir() -> Path:
+    """$XDG_RUNTIME_DIR/credsidecar, else /tmp/credsidecar-EUID: a predictable name another
+    user may create first, which is why `serve` and `env` accept it only when it is private."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "credsidecar"
-    return Path(tempfile.gettempdir()) / f"credsidecar-{os.getuid()}"
+    return Path(tempfile.gettempdir()) / f"credsidecar-{os.geteuid()}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,10 @@ class SidecarConfig:
     host: str = "127.0.0.1"
     port: int = 0
     link_local: bool = False
+    # Unix users answered besides the sidecar's own and root (a job under another account).
+    allow_uids: frozenset[int] = frozenset()
+    # Answer every local peer: only where the network namespace holds nothing but the job.
+    any_local_peer: bool = False
     run_dir: Path = Path()
     env_file: Path | None = None
     exit_with: int | None = None
@@ -91,6 +102,9 @@ class SidecarConfig:
                 f"--host {self.host} is not loopback; the sidecar serves credentials on "
                 "127.0.0.1 only (use --link-local for a 169.254.x address)"
             )
+        bad_uids = [u for u in self.allow_uids if not isinstance(u, int) or not 0 <= u < MAX_UID]
+        if bad_uids:
+            raise ConfigError(f"--allow-uid {bad_uids[0]!r} is not a uid: give a number >= 0")
 
     @property
     def direct(self) -> bool:
@@ -223,6 +237,22 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str
         help="also accept peers and Host names on 169.254.x (opt-in)",
     )
     srv.add_argument(
+        "--allow-uid",
+        action="append",
+        default=[u for u in (_env(env, "ALLOW_UID") or "").split(",") if u.strip()],
+        metavar="UID",
+        help="also answer processes of this Unix user (repeatable; env CREDSIDECAR_ALLOW_UID, "
+        "comma-separated); by default only the sidecar's own user and root are answered",
+    )
+    srv.add_argument(
+        "--any-local-peer",
+        action="store_true",
+        default=_env(env, "ANY_LOCAL_PEER", "") in ("1", "true", "yes"),
+        help="answer every local peer, whatever its Unix user: only where the network "
+        "namespace holds nothing but the job (a Kubernetes pod, a compose service sharing "
+        "the sidecar's network)",
+    )
+    srv.add_argument(
         "--run-dir",
         default=_env(env, "RUN_DIR"),
         help=f"private directory for secrets and the env file (default {default_run_dir()})",
@@ -248,6 +278,19 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str
     )
 
 
+def _uid(text: str) -> int:
+    try:
+        uid = int(text.strip())
+    except ValueError:
+        uid = -1
+    if not 0 <= uid < MAX_UID:
+        raise ConfigError(
+            f"--allow-uid {text.strip()[:40]!r} (or CREDSIDECAR_ALLOW_UID) is not a uid: give a "
+            "number >= 0 (`id -u USER` prints it)"
+        )
+    return uid
+
+
 def from_args(args: argparse.Namespace) -> SidecarConfig:
     def path(value: str | None) -> Path | None:
         return Path(value).resolve() if value else None
@@ -268,6 +311,8 @@ def from_args(args: argparse.Namespace) -> SidecarConfig:
         host=args.host,
         port=args.port,
         link_local=args.link_local,
+        allow_uids=frozenset(_uid(text) for text in args.allow_uid),
+        any_local_peer=args.any_local_peer,
         run_dir=path(args.run_dir) or default_run_dir(),
         env_file=path(args.env_file),
         exit_with=args.exit_with,

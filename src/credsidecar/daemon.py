@@ -24,16 +24,22 @@ from aiohttp import web
 
 from credsidecar.audit import AuditLog
 from credsidecar.clouds.federation import DirectToken, IssuerExchange, TokenSupplier
-from credsidecar.config import SidecarConfig
-from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
+from credsidecar.config import RUN_DIR_REMEDY, SidecarConfig
+from credsidecar.endpoints.guards import Guard, PeerPolicy, RefusalLog, allowed_hosts
 from credsidecar.errors import ConfigError
-from credsidecar.jobenv import render, write_private_atomic
+from credsidecar.jobenv import render
 from credsidecar.launch import (
     EnvTokenSource,
     FileTokenSource,
     StaticTokenSource,
     TokenSource,
     read_claims,
+)
+from credsidecar.private_files import (
+    FileId,
+    ensure_private_dir,
+    remove_private,
+    write_private_atomic,
 )
 from credsidecar.providers import (
     AWS_TOKEN_FILE_NAME,
@@ -44,6 +50,7 @@ from credsidecar.providers import (
     build_gcp,
 )
 from credsidecar.server import create_sidecar_app
+from credsidecar.serving import serving
 
 __all__ = ["RunningSidecar", "run_sidecar"]
 
@@ -115,13 +122,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def _serving(app: web.Application, sock: socket.socket) -> AsyncIterator[None]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock, backlog=1024).start()
+    """Serves within the connection limits (serving.py): open-files limit raised, a cap with
+    room made by closing idle connections, idle and header-read timeouts."""
+    async with serving(app, sock):
         yield
-    finally:
-        await runner.cleanup()
 
 
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -146,10 +150,12 @@ async def run_sidecar(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     tls = _tls_context(config.ca_file)  # a bad --ca-file stops here, before anything starts
+    # Refused before anything is written if another user planted or can reach it.
+    run_dir = await asyncio.to_thread(
+        ensure_private_dir, config.run_dir, what="run directory", remedy=RUN_DIR_REMEDY
+    )
+    env_file_id: FileId | None = None  # the --env-file we wrote, removed at exit if still ours
     audit = AuditLog.open(config.audit_log)
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run_dir.chmod(0o700)
     source = _token_source(config)
     claims = None if config.direct else read_claims(await source.read())
     who = {"user": claims.user, "run": claims.run} if claims else {"user": "direct", "run": None}
@@ -170,7 +176,8 @@ async def run_sidecar(
         url = f"http://{config.host}:{port}"
         hosts = allowed_hosts(port, ["169.254.169.254"] if config.link_local else [])
         refusals = RefusalLog(audit)
-        ctx = Context(config, claims, supplier, session, audit, who, url, hosts, refusals)
+        peers = PeerPolicy.for_job(config.allow_uids, config.any_local_peer)
+        ctx = Context(config, claims, supplier, session, audit, who, url, hosts, refusals, peers)
         try:
             builders = (("aws", build_aws), ("gcp", build_gcp), ("azure", build_azure))
             for name, build in builders:
@@ -186,13 +193,13 @@ async def run_sidecar(
                     "or pass --aws-role-arn"
                 )
             await asyncio.gather(*(p.start() for p in providers))
-            guard = Guard(hosts, refusals, config.link_local)
+            guard = Guard(hosts, refusals, config.link_local, peers=peers)
             app = create_sidecar_app(guard, providers)
             async with _serving(app, sock):
                 env_text = job_environment(providers, config.job_env)
                 write_private_atomic(run_dir / ENV_FILE_NAME, env_text)
                 if config.env_file is not None:
-                    write_private_atomic(config.env_file, env_text)
+                    env_file_id = write_private_atomic(config.env_file, env_text)
                 described = "; ".join(p.description for p in providers)
                 log.info("sidecar ready at %s for %s", url, described)
                 audit.event("sidecar.ready", **who, url=url, providers=[p.name for p in providers])
@@ -218,6 +225,9 @@ async def run_sidecar(
             private = [run_dir / ENV_FILE_NAME, run_dir / AWS_TOKEN_FILE_NAME]
             for path in private + [f for p in providers for f in p.private_files]:
                 path.unlink(missing_ok=True)
+            if config.env_file is not None and env_file_id is not None:
+                remove_private(config.env_file, env_file_id)
+            refusals.flush()  # a last "N refusals suppressed" is not lost at exit
             audit.event("sidecar.stopped", **who)
             audit.close()
     return 0

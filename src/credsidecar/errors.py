@@ -13,9 +13,14 @@
     └── ConfigError             a configuration or policy file is wrong (never sent over HTTP)
 
 Messages are one sentence naming the offending thing and the way out; they never contain secrets.
+
+`answer_status` is the one mapping every sidecar endpoint uses when it has no credentials to
+serve: the same refusal gets the same status from every cloud's endpoints.
 """
 
 from __future__ import annotations
+
+import copy
 
 __all__ = [
     "BadRequest",
@@ -29,6 +34,7 @@ __all__ = [
     "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
+    "answer_status",
 ]
 
 
@@ -44,6 +50,15 @@ class CredsidecarError(Exception):
     def to_json(self) -> dict[str, str]:
         """The OAuth 2.0 error body (RFC 6749 section 5.2) every endpoint uses."""
         return {"error": self.code, "error_description": self.message}
+
+    def restated(self, message: str) -> CredsidecarError:
+        """A fresh error of the same kind (class, status, code, retry hint) saying `message`.
+
+        A cache reports its last failure to every request this way: raising one stored
+        exception again and again would chain each raise's traceback onto it."""
+        fresh = copy.copy(self)  # __dict__ (retry_after, path) is copied; tracebacks are not
+        fresh.args, fresh.message = (message,), message
+        return fresh
 
 
 class BadRequest(CredsidecarError):
@@ -92,6 +107,19 @@ class Unavailable(CredsidecarError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def answer_status(exc: CredsidecarError) -> tuple[int, dict[str, str]]:
+    """Status and headers for a sidecar endpoint that cannot serve credentials because of `exc`.
+
+    503 with `Retry-After` for anything that may pass (an outage, a local fault); 400 for a
+    request that is wrong (an unknown resource or scope); 403 for a refusal that retrying will
+    not change (a revoked run, a trust policy, a token the cloud rejected)."""
+    if exc.retryable or exc.status >= 500:
+        return 503, {"Retry-After": str(max(1, getattr(exc, "retry_after", 5)))}
+    if isinstance(exc, BadRequest) and not isinstance(exc, InvalidGrant):
+        return 400, {}
+    return 403, {}
 
 
 class ConfigError(CredsidecarError):

@@ -7,10 +7,11 @@ unset; AWS config files are pointed at /dev/null for the same reason (a node's
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+
+# Re-exported for callers that write the job's files; private_files.py owns the safety rules.
+from credsidecar.private_files import write_private_atomic
 
 __all__ = ["AWS_UNSET", "AZURE_UNSET", "GCP_UNSET", "render", "write_private_atomic"]
 
@@ -45,17 +46,3 @@ def render(exports: Mapping[str, str], unsets: Sequence[str]) -> str:
     lines = [f"unset {name}" for name in unsets]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
     return "\n".join(lines) + "\n"
-
-
-def write_private_atomic(path: Path, text: str) -> None:
-    """Writes mode 0600 and renames into place, so a waiting job never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -19,7 +19,8 @@ import aiohttp
 from aiohttp import web
 
 from credsidecar.audit import AuditLog
-from credsidecar.cache import CacheFamily, CredentialCache
+from credsidecar.cache import CredentialCache
+from credsidecar.cache_family import CacheFamily
 from credsidecar.clouds.aws import AwsCredentials, AwsExchanger, AwsSettings, role_session_name
 from credsidecar.clouds.azure import AUDIENCE as AZURE_AUDIENCE
 from credsidecar.clouds.azure import AzureExchanger, AzureIdentityRef, AzureToken
@@ -27,9 +28,14 @@ from credsidecar.clouds.federation import TokenSupplier
 from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpExchanger, GcpIdToken, GcpSettings, GcpToken
 from credsidecar.config import SidecarConfig
 from credsidecar.endpoints.aws import CONTAINER_PATH, AwsEndpoints
-from credsidecar.endpoints.azure import APP_SERVICE_PATH, AzureEndpoints, with_error_fields
+from credsidecar.endpoints.azure import (
+    APP_SERVICE_PATH,
+    AzureEndpoints,
+    resource_key,
+    with_error_fields,
+)
 from credsidecar.endpoints.gcp import GcpEndpoints, add_flavor
-from credsidecar.endpoints.guards import Guard, RefusalLog
+from credsidecar.endpoints.guards import Guard, PeerPolicy, RefusalLog
 from credsidecar.errors import ConfigError
 from credsidecar.jobenv import AWS_UNSET, AZURE_UNSET, GCP_UNSET, write_private_atomic
 from credsidecar.launch import LaunchClaims
@@ -53,6 +59,8 @@ class Context:
     url: str
     hosts: frozenset[str]
     refusals: RefusalLog
+    # One policy for every guard: a connection's peer is looked up once, whichever cloud it asks.
+    peers: PeerPolicy = field(default_factory=PeerPolicy.for_job)
 
     @property
     def who_text(self) -> str:
@@ -67,7 +75,7 @@ class Provider:
     exports: dict[str, str]
     unsets: list[str]
     start: Callable[[], Awaitable[None]]
-    ready: Callable[[], object]  # raises Unavailable while not ready
+    ready: Callable[[], object]  # raises Unavailable (or the refusal) while not ready
     close: Callable[[], Awaitable[None]]
     private_files: list[Path] = field(default_factory=list)
 
@@ -121,7 +129,7 @@ async def build_aws(ctx: Context) -> Provider | None:
     secret_file = config.run_dir / AWS_TOKEN_FILE_NAME
     # No newline: botocore sends the file's bytes as the header value.
     await asyncio.to_thread(write_private_atomic, secret_file, secret)
-    guard = Guard(ctx.hosts, ctx.refusals, config.link_local)
+    guard = Guard(ctx.hosts, ctx.refusals, config.link_local, peers=ctx.peers)
     role_name = settings.role_arn.rsplit("/", 1)[-1]
     endpoints = AwsEndpoints(cache, secret, ctx.audit, guard, role_name, ctx.who)
     exports = {
@@ -188,7 +196,7 @@ async def build_gcp(ctx: Context) -> Provider | None:
 
     tokens: CacheFamily[tuple[str, ...], GcpToken] = CacheFamily(
         f"GCP ({exchanger.description})", exchanger.access_token, config.ready_timeout,
-        on_new=obtained("access_token"),
+        on_new=obtained("access_token"), pinned=[(CLOUD_PLATFORM,)],  # readiness rests on it
     )  # fmt: skip
     id_tokens: CacheFamily[str, GcpIdToken] = CacheFamily(
         f"GCP ID tokens ({exchanger.description})", exchanger.id_token, config.ready_timeout,
@@ -197,7 +205,7 @@ async def build_gcp(ctx: Context) -> Provider | None:
     principal = settings.service_account or f"{settings.identity_name}@federated.invalid"
     endpoints = GcpEndpoints(tokens, id_tokens, principal, settings.project_id,
                              settings.project_number, ctx.audit, ctx.who)  # fmt: skip
-    guard = Guard(ctx.hosts, ctx.refusals, config.link_local, decorate=add_flavor)
+    guard = Guard(ctx.hosts, ctx.refusals, config.link_local, decorate=add_flavor, peers=ctx.peers)
     gcloud_dir = config.run_dir / "gcloud"
     await asyncio.to_thread(gcloud_dir.mkdir, mode=0o700, exist_ok=True)
     host = ctx.url.removeprefix("http://")
@@ -264,11 +272,15 @@ async def build_azure(ctx: Context) -> Provider | None:
                         expiry=int(value.expires_at))  # fmt: skip
 
     name = f"Azure ({ctx.who_text})"
+    # The sidecar is ready once the default identity holds an ARM token, proving federation.
+    ready_key = (identities[0].name, resource_key(ARM_RESOURCE))
     tokens: CacheFamily[tuple[str, str], AzureToken] = CacheFamily(
-        name, fetch, config.ready_timeout, on_new=obtained
+        name, fetch, config.ready_timeout, on_new=obtained, pinned=[ready_key]
     )
     secret = secrets.token_urlsafe(32)
-    guard = Guard(ctx.hosts, ctx.refusals, config.link_local, decorate=with_error_fields)
+    guard = Guard(
+        ctx.hosts, ctx.refusals, config.link_local, decorate=with_error_fields, peers=ctx.peers
+    )
     endpoints = AzureEndpoints(tokens, identities, secret, guard, ctx.audit, ctx.who)
     az_dir = config.run_dir / "azure"
     await asyncio.to_thread(az_dir.mkdir, mode=0o700, exist_ok=True)
@@ -280,8 +292,6 @@ async def build_azure(ctx: Context) -> Provider | None:
         "AZURE_CONFIG_DIR": str(az_dir),
     }
     first = identities[0]
-    # The sidecar is ready once the default identity holds an ARM token, proving federation.
-    ready_key = (first.name, ARM_RESOURCE)
 
     async def start() -> None:
         await tokens.get(ready_key)

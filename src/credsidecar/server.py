@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from credsidecar.endpoints.guards import Guard
-from credsidecar.errors import Unavailable
+from credsidecar.errors import CredsidecarError
 
 if TYPE_CHECKING:
     from credsidecar.providers import Provider
@@ -28,7 +28,7 @@ def _health_routes(checks: Sequence[Callable[[], object]]) -> list[web.RouteDef]
         for check in checks:
             try:
                 check()
-            except Unavailable as exc:
+            except CredsidecarError as exc:  # Unavailable, or a refusal once nothing is valid
                 problems.append(exc.message)
         if problems:
             return web.json_response(

@@ -14,11 +14,16 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[IssuerProcess, SandboxProcess]]:
     """One issuer and one sandbox per test module (each module may restart the issuer); a
-    module's SANDBOX_ARGS go to `credsidecar sandbox`."""
+    module's SANDBOX_ARGS go to `credsidecar sandbox`. Both are stopped and reaped however the
+    module ends, a failed start included."""
     base = tmp_path_factory.mktemp("stack")
     issuer = IssuerProcess(base / "issuer")
-    issuer.start()
-    sandbox = SandboxProcess(base, issuer.url, *getattr(request.module, "SANDBOX_ARGS", ()))
-    yield issuer, sandbox
-    stop_process(sandbox.proc)
-    issuer.stop()
+    try:
+        issuer.start()
+        sandbox = SandboxProcess(base, issuer.url, *getattr(request.module, "SANDBOX_ARGS", ()))
+        try:
+            yield issuer, sandbox
+        finally:
+            stop_process(sandbox.proc)
+    finally:
+        issuer.stop()

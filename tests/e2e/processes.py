@@ -1,14 +1,16 @@
-"""Real credsidecar processes for end-to-end tests, and a way to run clients in a job env."""
+"""Real credsidecar processes for end-to-end tests, and a way to run clients in a job env.
+
+The generic helpers (`wait_for`, `stop_process`, `start`, `http_ok`, `CLI`) live in
+`tests.support.processes` and are re-exported here. Every class stops the process it started
+when its start-up fails, so a failing test leaves nothing running.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -19,48 +21,24 @@ from typing import Any
 import jwt as pyjwt
 
 from credsidecar.issuer.example import free_port, write_example
+from tests.support.jobenv import BIN, apply_shell_env, base_env
+from tests.support.processes import CLI, http_ok, start, stop_process, tail, wait_for
+from tests.support.timing import scaled
 
-CLI = [sys.executable, "-m", "credsidecar"]
-BIN = Path(sys.executable).parent
-
-
-def wait_for(predicate: Any, what: str, proc: subprocess.Popen[Any] | None = None,
-             log: Path | None = None, timeout: float = 60) -> None:  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited {proc.returncode}: {_tail(log)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {_tail(log)}")
-        time.sleep(0.05)
-
-
-def _tail(log: Path | None) -> str:
-    return log.read_text()[-3000:] if log is not None and log.exists() else ""
-
-
-def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
-    return int(proc.returncode)
-
-
-def start(args: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen([*CLI, *args], stdout=out, stderr=out, **kwargs)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except (OSError, urllib.error.HTTPError):
-        return False
+__all__ = [
+    "BIN",
+    "CLI",
+    "IssuerProcess",
+    "SandboxProcess",
+    "SidecarProcess",
+    "apply_shell_env",
+    "base_env",
+    "http_ok",
+    "run_client",
+    "start",
+    "stop_process",
+    "wait_for",
+]
 
 
 class IssuerProcess:
@@ -71,16 +49,29 @@ class IssuerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = directory / "issuer.log"
+        # Seconds the last start took until /healthz answered: this machine's speed, now.
+        self.startup_seconds = 0.0
 
     def start(self, **env: str) -> None:
-        """Starts the issuer; `env` adds variables (e.g. CREDSIDECAR_HPC_KEK)."""
+        """Starts the issuer and waits until it answers; `env` adds variables (e.g.
+        CREDSIDECAR_HPC_KEK)."""
+        started = time.monotonic()
         self.proc = start(["issuer", "--config", str(self.config)], self.log,
                           env={**os.environ, **env})  # fmt: skip
-        wait_for(lambda: http_ok(f"{self.url}/healthz"), "issuer", self.proc, self.log)
+        try:
+            wait_for(lambda: http_ok(f"{self.url}/healthz"), "issuer", self.proc, self.log)
+        except BaseException:
+            stop_process(self.proc)
+            raise
+        self.startup_seconds = time.monotonic() - started
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> int:
-        assert self.proc is not None
-        return stop_process(self.proc)
+        """Stops and reaps the issuer (a no-op returning 0 if it was never started)."""
+        return 0 if self.proc is None else stop_process(self.proc)
 
     def post(self, path: str, body: dict[str, Any] | None = None, form: bool = False) -> Any:
         if form:
@@ -92,7 +83,7 @@ class IssuerProcess:
                        "Authorization": f"Bearer {self.api_key}"}  # fmt: skip
         request = urllib.request.Request(self.url + path, data=data, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
+            with urllib.request.urlopen(request, timeout=scaled(10)) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
@@ -132,8 +123,12 @@ class SandboxProcess:
             ["sandbox", "--issuer-url", issuer_url, "--info-file", str(self.info_file), *extra],
             self.log,
         )
-        wait_for(self.info_file.exists, "sandbox", self.proc, self.log)
-        self.info = json.loads(self.info_file.read_text())
+        try:
+            wait_for(self.info_file.exists, "sandbox", self.proc, self.log)
+            self.info = json.loads(self.info_file.read_text())
+        except BaseException:
+            stop_process(self.proc)
+            raise
 
     @property
     def sts(self) -> str:
@@ -148,16 +143,18 @@ class SandboxProcess:
         return [str(flag) for flag in self.info["sidecar_flags"]]
 
     def outage(self, seconds: float, base: str | None = None) -> None:
+        """Makes the stand-in at `base` (default AWS STS) answer 503 for `seconds` from now;
+        0 ends an outage."""
         request = urllib.request.Request(
             f"{base or self.sts}/_sandbox/outage", data=json.dumps({"seconds": seconds}).encode(),
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
         # The Azure stand-ins are HTTPS with the sandbox's own CA.
         context = ssl.create_default_context(cafile=self.info["azure"]["ca_file"])
-        urllib.request.urlopen(request, timeout=5, context=context).close()
+        urllib.request.urlopen(request, timeout=scaled(5), context=context).close()
 
     def sts_calls(self) -> int:
-        with urllib.request.urlopen(f"{self.sts}/_sandbox/stats", timeout=5) as resp:
+        with urllib.request.urlopen(f"{self.sts}/_sandbox/stats", timeout=scaled(5)) as resp:
             return int(json.loads(resp.read())["AssumeRoleWithWebIdentity"])
 
 
@@ -180,16 +177,32 @@ class SidecarProcess:
         )  # fmt: skip
         self.env: dict[str, str] = {}
         if wait:
-            self.env = self.job_env()
+            try:
+                self.env = self.job_env()
+            except BaseException:
+                stop_process(self.proc)
+                raise
 
     def job_env(self) -> dict[str, str]:
-        """Applies exactly what `credsidecar env` prints to a clean base environment."""
+        """Applies exactly what `credsidecar env` prints to a clean base environment, once the
+        sidecar is ready (its env file written)."""
         wait_for(lambda: (self.run_dir / "env").exists(), "sidecar ready", self.proc, self.log)
         done = subprocess.run(
             [*CLI, "env", "--run-dir", str(self.run_dir)],
-            capture_output=True, text=True, check=True, timeout=30,
+            capture_output=True, text=True, timeout=scaled(30), check=False,
         )  # fmt: skip
+        if done.returncode != 0:
+            state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+            raise AssertionError(
+                f"`credsidecar env` failed ({done.returncode}) with the sidecar {state}: "
+                f"{done.stderr.strip()}; sidecar log: {tail(self.log)}"
+            )
         return apply_shell_env(done.stdout)
+
+    def log_has(self, *fragments: str) -> bool:
+        """Whether one line of the sidecar's log holds every fragment."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return any(all(f in line for f in fragments) for line in text.splitlines())
 
     def audit_events(self, event: str | None = None) -> list[dict[str, Any]]:
         if not self.audit.exists():
@@ -201,29 +214,10 @@ class SidecarProcess:
         return stop_process(self.proc)
 
 
-def base_env() -> dict[str, str]:
-    """A job's starting environment: PATH and HOME only, so nothing from this machine leaks."""
-    return {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}  # fmt: skip
-
-
-def apply_shell_env(script: str, start_env: dict[str, str] | None = None) -> dict[str, str]:
-    """Runs the export/unset lines in a real shell and returns the resulting environment."""
-    bash = shutil.which("bash") or "/bin/bash"
-    done = subprocess.run(
-        [bash, "-c", f"{script}\nenv -0"],
-        env=start_env or base_env(), capture_output=True, check=True, timeout=30,
-    )  # fmt: skip
-    pairs = [item.split(b"=", 1) for item in done.stdout.split(b"\0") if b"=" in item]
-    env = {k.decode(): v.decode() for k, v in pairs}
-    for noise in ("PWD", "SHLVL", "_", "OLDPWD"):
-        env.pop(noise, None)
-    return env
-
-
 def run_client(
     args: list[str], env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
+    """Runs a client to completion (`timeout` is scaled; on expiry it is killed and reaped)."""
     return subprocess.run(
-        args, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        args, env=env, capture_output=True, text=True, timeout=scaled(timeout), check=False
     )

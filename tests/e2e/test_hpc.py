@@ -39,6 +39,7 @@ from tests.hpc.sshd import (
     set_bashrc,
     start_sshd,
 )
+from tests.support.timing import scaled
 
 _runs = iter(range(1_000_000))
 
@@ -72,7 +73,7 @@ class Hpc:
             env=env,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=scaled(timeout),
         )
 
     def launch(self, user: str) -> str:
@@ -280,7 +281,7 @@ def test_stored_key_mode_logs_in_with_the_uploaded_key_which_no_api_returns(hpc:
         },
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
@@ -340,7 +341,7 @@ def test_cert_writes_what_plain_openssh_needs(hpc: Hpc) -> None:
         ["ssh", "-F", str(out / "ssh_config"), "-o", "BatchMode=yes", "hpc1", "id", "-un"],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=scaled(30),
     )
     assert ssh.returncode == 0, ssh.stderr
     assert ssh.stdout.strip() == "csalice"

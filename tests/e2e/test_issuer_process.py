@@ -10,31 +10,35 @@ import json
 import signal
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jwt as pyjwt
 import pytest
 
-from tests.e2e.processes import CLI, IssuerProcess
+from tests.e2e.processes import CLI, IssuerProcess, wait_for
 from tests.e2e.tls import make_ca_and_cert
+from tests.support.processes import reaped, spawn
+from tests.support.timing import scaled
 
 
 @pytest.fixture
 def issuer(tmp_path: Path) -> Iterator[IssuerProcess]:
     process = IssuerProcess(tmp_path)
     process.start()
-    yield process
-    if process.proc and process.proc.poll() is None:
-        process.proc.kill()
-        process.proc.wait()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 def run_cli(*args: str) -> str:
-    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=scaled(60), check=False
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -59,14 +63,16 @@ def test_rotation_keeps_old_tokens_verifying_and_signs_new_ones_with_the_new_kid
     assert new_kid != old_kid
     assert issuer.proc is not None
     issuer.proc.send_signal(signal.SIGHUP)  # picks up the rotation now instead of within 5 s
-    deadline = time.monotonic() + 10
-    while True:
-        new = issuer.mint(run="run-2")
-        if pyjwt.get_unverified_header(new["token"])["kid"] == new_kid:
-            break
-        assert time.monotonic() < deadline, "issuer never switched to the rotated key"
-        time.sleep(0.1)
-    jwks = json.loads(urllib.request.urlopen(f"{issuer.url}/.well-known/jwks.json").read())
+    new: dict[str, Any] = {}
+
+    def signs_with_new_key() -> bool:
+        new.update(issuer.mint(run="run-2"))
+        return bool(pyjwt.get_unverified_header(new["token"])["kid"] == new_kid)
+
+    wait_for(signs_with_new_key, "the issuer to sign with the rotated key", issuer.proc,
+             issuer.log, timeout=30)  # fmt: skip
+    with urllib.request.urlopen(f"{issuer.url}/.well-known/jwks.json", timeout=scaled(10)) as r:
+        jwks = json.loads(r.read())
     assert {k["kid"] for k in jwks["keys"]} == {old_kid, new_kid}
     assert issuer.verify(old["token"], audience=issuer.url)["run"] == "run-1"
     assert issuer.verify(new["token"], audience=issuer.url)["run"] == "run-2"
@@ -95,16 +101,15 @@ def test_policy_file_change_is_picked_up_and_a_broken_one_is_refused(
     policy.write_text(good + "\nthis is = = broken\n")
     assert issuer.proc is not None
     issuer.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    wait_for(lambda: "policy reload rejected" in issuer.log.read_text(),
+             "the issuer to reject the broken policy", issuer.proc, issuer.log)  # fmt: skip
     assert issuer.exchange(issuer.mint()["token"])[0] == 200  # old policy still in force
-    assert "policy reload rejected" in issuer.log.read_text()
     assert f"policy.toml:{len(good.splitlines()) + 2}:" in issuer.log.read_text()
     # Disable alice in the file; the watcher notices the change without a signal.
     policy.write_text(good.replace('id = "alice"\n', 'id = "alice"\ndisabled = true\n'))
-    deadline = time.monotonic() + 10
-    while issuer.post("/v1/launch-tokens", {"user": "alice", "run": "r9"})[0] != 403:
-        assert time.monotonic() < deadline, "policy change was not picked up"
-        time.sleep(0.2)
+    wait_for(lambda: issuer.post("/v1/launch-tokens", {"user": "alice", "run": "r9"})[0] == 403,
+             "the issuer to pick up the policy change", issuer.proc, issuer.log,
+             timeout=30)  # fmt: skip
 
 
 def test_https_with_certificate(tmp_path: Path) -> None:
@@ -114,25 +119,23 @@ def test_https_with_certificate(tmp_path: Path) -> None:
     process.config.write_text(text + f'\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
     process.url = process.url.replace("http://", "https://")
     context = ssl.create_default_context(cafile=str(ca))
-    proc = subprocess.Popen(
-        [*CLI, "issuer", "--config", str(process.config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while True:
+    discovery: list[dict[str, object]] = []
+
+    def answers() -> bool:
         try:
-            with urllib.request.urlopen(
-                f"{process.url}/.well-known/openid-configuration", context=context, timeout=1
-            ) as resp:
-                assert json.loads(resp.read())["issuer"] == process.url
-                break
+            with urllib.request.urlopen(f"{process.url}/.well-known/openid-configuration",
+                                        context=context, timeout=scaled(1)) as resp:  # fmt: skip
+                discovery.append(json.loads(resp.read()))
+                return True
         except OSError:
-            assert proc.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=10)
+            return False
+
+    with reaped(spawn([*CLI, "issuer", "--config", str(process.config)],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)) as proc:  # fmt: skip
+        wait_for(answers, "the issuer over https", proc, timeout=30)
+        assert discovery[0]["issuer"] == process.url
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=scaled(10))
     assert proc.returncode == 0
     # https with a port: still warned about, since AWS wants no port.
     assert b"is not https:// without a port" in stderr

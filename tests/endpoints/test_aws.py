@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from credsidecar.errors import Forbidden
+from credsidecar.errors import Forbidden, Unavailable
 from tests.endpoints.conftest import SECRET, Sidecar
+from tests.support import raw_http
 
 CONTAINER = "/v1/credentials/aws"
 CREDS = "/latest/meta-data/iam/security-credentials/"
@@ -51,16 +52,34 @@ async def test_container_endpoint_needs_the_exact_secret(sidecar: Sidecar) -> No
     assert SECRET not in sidecar.audit.getvalue()
 
 
-async def test_nothing_valid_is_a_503_with_retry_after_and_the_cause(sidecar: Sidecar) -> None:
-    sidecar.upstream.error = Forbidden("user alice may not assume role/x: trust policy")
-    with pytest.raises(Forbidden):
+async def test_nothing_valid_in_an_outage_is_a_503_with_retry_after_and_the_cause(
+    sidecar: Sidecar,
+) -> None:
+    sidecar.upstream.error = Unavailable("AWS STS is unreachable for user alice")
+    with pytest.raises(Unavailable):
         await sidecar.cache.refresh()
     resp = await sidecar.client.get(CONTAINER, headers={"Authorization": SECRET})
     assert resp.status == 503
     assert int(resp.headers["Retry-After"]) >= 1
     body = await resp.json()
     assert body["error"] == "temporarily_unavailable"
-    assert "user alice may not assume role/x" in body["error_description"]
+    assert "AWS STS is unreachable for user alice" in body["error_description"]
+
+
+async def test_nothing_valid_after_a_refusal_is_a_403_with_the_cause(sidecar: Sidecar) -> None:
+    """A refusal retrying will not change (trust policy, revoked run): 403, as GCP and Azure."""
+    sidecar.upstream.error = Forbidden("user alice may not assume role/x: trust policy")
+    with pytest.raises(Forbidden):
+        await sidecar.cache.refresh()
+    imds = {TOKEN: await imds_token(sidecar)}
+    for path, headers in ((CONTAINER, {"Authorization": SECRET}), (CREDS, imds)):
+        resp = await sidecar.client.get(path, headers=headers)
+        assert resp.status == 403 and "Retry-After" not in resp.headers
+        body = await resp.json()
+        assert body["error"] == "access_denied"
+        assert "user alice may not assume role/x" in body["error_description"]
+    ready = await sidecar.client.get("/readyz")  # not ready, and no 500
+    assert ready.status == 503 and "trust policy" in (await ready.json())["problems"][0]
 
 
 async def test_renewed_credentials_are_served_immediately(sidecar: Sidecar) -> None:
@@ -143,3 +162,43 @@ async def test_health_and_readiness(sidecar: Sidecar) -> None:
     assert "first credentials" in (await not_ready.json())["problems"][0]
     await sidecar.cache.refresh()
     assert (await sidecar.client.get("/readyz")).status == 200
+
+
+# header values no SDK sends: a clear 4xx, never a 500 ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ttl",
+    ["²".encode(), "³".encode(), "٣".encode(), b"5" * 5000, b"0000300", b"\xff", b"3\xb2"],
+)
+async def test_a_token_ttl_that_is_not_a_few_ascii_digits_is_a_400(
+    sidecar: Sidecar, ttl: bytes
+) -> None:
+    """`"²".isdigit()` is True and int() refuses it; int() of 5,000 digits is refused too."""
+    resp = await raw_http.request(
+        sidecar.port, b"PUT", b"/latest/api/token", TTL.encode() + b": " + ttl
+    )
+    assert resp.status == 400
+    assert TTL.encode() in resp.body
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["n.99999999999.é".encode(), b"n.99999999999.\xff", b"n\xff.99999999999.mac", "é".encode()],
+)
+async def test_a_session_token_that_is_not_ascii_is_refused_as_invalid(
+    sidecar: Sidecar, token: bytes
+) -> None:
+    await sidecar.cache.refresh()
+    resp = await raw_http.get(sidecar.port, CREDS.encode(), TOKEN.encode() + b": " + token)
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize("value", [b"\xff" + SECRET.encode(), SECRET.encode() + "é".encode()])
+async def test_a_container_authorization_that_is_not_utf8_or_ascii_is_a_401(
+    sidecar: Sidecar, value: bytes
+) -> None:
+    await sidecar.cache.refresh()
+    resp = await raw_http.get(sidecar.port, CONTAINER.encode(), b"Authorization: " + value)
+    assert resp.status == 401
+    assert SECRET not in sidecar.audit.getvalue()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,17 +13,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from credsidecar.audit import AuditLog
-from credsidecar.cache import CacheFamily
+from credsidecar.cache_family import MAX_PROBATION, MAX_PROTECTED, CacheFamily
 from credsidecar.clouds.azure import AzureIdentityRef, AzureToken
 from credsidecar.endpoints.azure import (
     APP_SERVICE_PATH,
     IMDS_PATH,
+    MAX_RESOURCE_LENGTH,
     AzureEndpoints,
     with_error_fields,
 )
 from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.errors import Forbidden, Unavailable
 from credsidecar.issuer.example import free_port
+from tests.support import raw_http
+from tests.support.manual_clock import ManualClock
 
 SECRET = "identity-header-secret"
 TENANT = "00000000-0000-4000-8000-000000000001"
@@ -34,10 +36,12 @@ ALICE = AzureIdentityRef("alice", TENANT, "00000000-0000-4000-8000-0000000000a2"
                          "Microsoft.ManagedIdentity/userAssignedIdentities/alice")  # fmt: skip
 SHARED = AzureIdentityRef("genomics-pipelines", TENANT, "00000000-0000-4000-8000-0000000000a1")
 STORAGE = "https://storage.azure.com/"
+STORAGE_KEY = "https://storage.azure.com"  # the one cache key for every spelling
 
 
 @dataclass
 class FakeEntra:
+    clock: ManualClock
     asked: list[tuple[str, str]] = field(default_factory=list)
     error: Exception | None = None
 
@@ -46,7 +50,8 @@ class FakeEntra:
         if self.error:
             raise self.error
         client = {"alice": ALICE, "genomics-pipelines": SHARED}[key[0]].client_id
-        return AzureToken(f"token-{key[0]}-{len(self.asked)}", time.time() + 3600, key[1], client)
+        expires_at = self.clock.wall() + 3600
+        return AzureToken(f"token-{key[0]}-{len(self.asked)}", expires_at, key[1], client)
 
 
 @dataclass
@@ -54,21 +59,27 @@ class Azure:
     client: TestClient
     entra: FakeEntra
     audit: io.StringIO
+    clock: ManualClock
 
 
 @pytest.fixture
-async def azure(aiohttp_client: Callable[..., Any]) -> Azure:
-    entra, stream = FakeEntra(), io.StringIO()
+async def azure(aiohttp_client: Callable[..., Any]) -> AsyncIterator[Azure]:
+    clock = ManualClock()
+    entra, stream = FakeEntra(clock), io.StringIO()
     audit = AuditLog(stream)
-    tokens: CacheFamily[tuple[str, str], AzureToken] = CacheFamily("Azure", entra.fetch, 5)
+    # give_up_after=0: a failed first fetch is answered at once, not retried.
+    tokens: CacheFamily[tuple[str, str], AzureToken] = CacheFamily(
+        "Azure", entra.fetch, 0, wall=clock.wall, mono=clock.mono, sleep=clock.sleep
+    )
     port = free_port()
     guard = Guard(allowed_hosts(port), RefusalLog(audit), decorate=with_error_fields)
     endpoints = AzureEndpoints(tokens, [ALICE, SHARED], SECRET, guard, audit,
-                               {"user": "alice", "run": "r1"})  # fmt: skip
+                               {"user": "alice", "run": "r1"}, wall=clock.wall)  # fmt: skip
     app = web.Application()
     app.add_routes(guard.routes(endpoints.routes()))
     client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
-    return Azure(client, entra, stream)
+    yield Azure(client, entra, stream, clock)
+    await tokens.close()
 
 
 def app_service(resource: str = STORAGE, **selector: str) -> str:
@@ -115,7 +126,7 @@ async def test_one_token_per_identity_and_resource(azure: Azure) -> None:
     await azure.client.get(app_service(), headers=headers)
     await azure.client.get(app_service(), headers=headers)
     await azure.client.get(app_service("https://management.azure.com/"), headers=headers)
-    assert azure.entra.asked == [("alice", STORAGE), ("alice", "https://management.azure.com/")]
+    assert azure.entra.asked == [("alice", STORAGE_KEY), ("alice", "https://management.azure.com")]
 
 
 @pytest.mark.parametrize(
@@ -180,5 +191,58 @@ async def test_served_tokens_are_audited_without_the_token(azure: Azure) -> None
     await azure.client.get(app_service(), headers={"X-IDENTITY-HEADER": SECRET})
     events = [json.loads(line) for line in azure.audit.getvalue().splitlines()]
     served = [e for e in events if e["event"] == "credentials.served"]
-    assert served[0]["client_id"] == ALICE.client_id and served[0]["resource"] == STORAGE
+    assert served[0]["client_id"] == ALICE.client_id and served[0]["resource"] == STORAGE_KEY
     assert "token-alice" not in azure.audit.getvalue()
+
+
+async def test_an_identity_header_that_is_not_utf8_is_a_401_not_a_500(azure: Azure) -> None:
+    """aiohttp keeps undecodable header bytes as surrogates, which a plain encode() raised on."""
+    assert azure.client.port is not None
+    resp = await raw_http.get(azure.client.port, app_service().encode(),
+                              b"X-IDENTITY-HEADER: \xff" + SECRET.encode())  # fmt: skip
+    assert resp.status == 401
+    assert azure.entra.asked == []
+
+
+async def test_spellings_of_one_resource_share_one_token_and_are_echoed(azure: Azure) -> None:
+    headers = {"X-IDENTITY-HEADER": SECRET}
+    for resource in (STORAGE, STORAGE_KEY, "HTTPS://Storage.Azure.COM/"):
+        body = await (await azure.client.get(app_service(resource), headers=headers)).json()
+        assert body["resource"] == resource and body["access_token"] == "token-alice-1"
+    assert azure.entra.asked == [("alice", STORAGE_KEY)]
+
+
+async def test_an_overlong_resource_is_a_wrong_request(azure: Azure) -> None:
+    resource = "https://x.example/" + "a" * MAX_RESOURCE_LENGTH
+    resp = await azure.client.get(app_service(resource), headers={"X-IDENTITY-HEADER": SECRET})
+    assert resp.status == 400
+    assert f"longer than {MAX_RESOURCE_LENGTH}" in (await resp.json())["error_description"]
+    assert azure.entra.asked == []
+
+
+async def test_many_distinct_resources_do_not_lock_out_the_one_in_use(azure: Azure) -> None:
+    """Resources beyond what the family keeps evict those asked for once, not one in use."""
+    headers = {"X-IDENTITY-HEADER": SECRET}
+    for _ in range(2):
+        assert (await azure.client.get(app_service(), headers=headers)).status == 200
+    for i in range(2 * (MAX_PROTECTED + MAX_PROBATION)):
+        resp = await azure.client.get(app_service(f"https://r{i}.example"), headers=headers)
+        assert resp.status == 200, await resp.text()
+    body = await (await azure.client.get(app_service(), headers=headers)).json()
+    assert body["access_token"] == "token-alice-1"
+    assert azure.entra.asked.count(("alice", STORAGE_KEY)) == 1
+
+
+async def test_a_revoked_run_is_403_for_a_cached_and_a_new_resource_alike(azure: Azure) -> None:
+    headers = {"X-IDENTITY-HEADER": SECRET}
+    assert (await azure.client.get(app_service(), headers=headers)).status == 200
+    azure.entra.error = Forbidden("run 'r1' of user 'alice' was revoked; start a new run")
+    await azure.clock.advance(1800)  # the renewal at half-life is refused ...
+    resp = await azure.client.get(app_service(), headers=headers)
+    assert resp.status == 200  # ... and the token in hand is served until it expires
+    await azure.clock.advance(1800)
+    for resource in (STORAGE, "https://vault.azure.net"):
+        resp = await azure.client.get(app_service(resource), headers=headers)
+        body = await resp.json()
+        assert resp.status == 403 and body["statusCode"] == "403", body
+        assert "was revoked" in body["message"] and "Retry-After" not in resp.headers

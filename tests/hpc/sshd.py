@@ -22,6 +22,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from tests.support.timing import scaled
+
 SSHD = Path("/usr/sbin/sshd")
 ACCOUNTS = {"alice": "csalice", "bob": "csbob", "carol": "cscarol"}
 SHARED_GROUP = "csgenomics"
@@ -105,7 +107,7 @@ class Sshd:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=scaled(10))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -150,7 +152,7 @@ def start_sshd(directory: Path, trusted_user_ca: str) -> Sshd:
     log = directory / "sshd.log"
     with log.open("ab") as out:
         proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=out, stderr=out)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while True:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:

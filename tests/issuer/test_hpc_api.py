@@ -134,6 +134,22 @@ async def test_a_certificate_for_a_launch_never_outlives_the_launch_token(api: A
     assert status == 403 and "revoked" in refused["error_description"]
 
 
+async def test_a_private_key_for_a_certificate_is_refused_before_anything_else(api: Api) -> None:
+    """Even with a launch token that is no good: the sender must hear the key has leaked."""
+    private = ALICE_KEY.export_private_key().decode()
+    for token in (await api.launch(), "not-a-token"):
+        body = {"launch_token": token, "cluster": "hpc1", "public_key": private}
+        status, refused = await api.call("POST", "/v1/ssh/certificates", body=body)
+        assert status == 400
+        assert refused["error"] == "invalid_request"
+        assert "that is a private key; send the .pub file" in refused["error_description"]
+        assert "treat this key as leaked" in refused["error_description"]
+        assert "PRIVATE KEY" not in refused["error_description"]
+    events = api.issuer.audit_events()
+    assert not [e for e in events if e["event"] == "ssh.certificate.issued"]
+    assert private.splitlines()[1] not in str(events)  # nor in the audit
+
+
 def userauth_request(username: str, key: asyncssh.SSHKey) -> bytes:
     def string(value: bytes) -> bytes:
         return struct.pack(">I", len(value)) + value

@@ -55,3 +55,13 @@ def test_an_edit_keeps_what_it_does_not_change() -> None:
     base = parse_cluster("c", cluster(usernames={"alice": "ali"}), MEMBERS)
     edited = parse_cluster("c", {"port": 2200}, MEMBERS, base=base)
     assert (edited.port, edited.host, dict(edited.usernames)) == (2200, base.host, {"alice": "ali"})
+
+
+@pytest.mark.parametrize("field", ["host_ca_key", "host_keys"])
+def test_a_private_host_key_is_refused_as_leaked_without_being_echoed(field: str) -> None:
+    private = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    value: Any = private if field == "host_ca_key" else [private]
+    with pytest.raises(BadRequest) as refused:
+        parse_cluster("c", cluster(**{field: value}), MEMBERS)
+    assert "private key" in refused.value.message and "leaked" in refused.value.message
+    assert private.splitlines()[1] not in refused.value.message

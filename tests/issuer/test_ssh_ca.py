@@ -72,3 +72,29 @@ def test_keys_it_will_not_sign(tmp_path: Path, public_key: str, words: str) -> N
 def test_an_empty_principal_is_never_signed(tmp_path: Path) -> None:
     with pytest.raises(BadRequest, match="without a principal"):
         SshCa(tmp_path / "keys").sign(user_key(), "", "id", NOW, NOW + 60, 1)
+
+
+def _private_forms() -> list[tuple[str, str]]:
+    ed25519 = asyncssh.generate_private_key("ssh-ed25519")
+    ecdsa = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
+    return [
+        ("openssh", ed25519.export_private_key().decode()),
+        ("openssh-encrypted", ed25519.export_private_key(passphrase="pw").decode()),
+        ("pkcs8", ed25519.export_private_key("pkcs8-pem").decode()),
+        ("pkcs8-encrypted", ed25519.export_private_key("pkcs8-pem", passphrase="pw").decode()),
+        ("sec1-ec", ecdsa.export_private_key("pkcs1-pem").decode()),
+    ]
+
+
+@pytest.mark.parametrize(("form", "private_key"), _private_forms())
+def test_a_private_key_sent_as_the_public_key_is_refused_as_leaked(
+    tmp_path: Path, form: str, private_key: str
+) -> None:
+    """asyncssh reads the public half out of each of these; the CA must not sign it."""
+    with pytest.raises(BadRequest) as refused:
+        SshCa(tmp_path / "keys").sign(private_key, "csalice", "id", NOW, NOW + 60, 1)
+    message = refused.value.message
+    assert "that is a private key; send the .pub file" in message
+    assert "treat this key as leaked" in message
+    body = "".join(private_key.strip().splitlines()[1:-1])
+    assert body[:24] not in message and "BEGIN" not in message  # the key is never echoed

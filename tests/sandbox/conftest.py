@@ -85,11 +85,13 @@ async def issuer(tmp_path: Path) -> AsyncIterator[ServedIssuer]:
         service = await asyncio.to_thread(stack.enter_context, open_service(config))
         runner = web.AppRunner(create_app(service), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        async with aiohttp.ClientSession() as http:
-            yield ServedIssuer(config.issuer_url, api_key, http)
-        await runner.cleanup()
-        await asyncio.to_thread(stack.close)
+        try:  # the runner and the service are closed however set-up or the test ends
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            async with aiohttp.ClientSession() as http:
+                yield ServedIssuer(config.issuer_url, api_key, http)
+        finally:
+            await runner.cleanup()
+            await asyncio.to_thread(stack.close)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from credsidecar.cache import Cached, CredentialCache
 from credsidecar.clouds.aws import AwsCredentials
 from credsidecar.endpoints.guards import Guard, secrets_match
 from credsidecar.endpoints.session_tokens import SessionTokens
-from credsidecar.errors import Unavailable
+from credsidecar.errors import CredsidecarError, answer_status
 
 __all__ = ["CONTAINER_PATH", "AwsEndpoints"]
 
@@ -27,6 +27,7 @@ CONTAINER_PATH = "/v1/credentials/aws"
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"  # noqa: S105 - a header name
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 MAX_TOKEN_TTL = 21600  # IMDSv2's own limit (6 h)
+MAX_TTL_DIGITS = 6  # room for leading zeros; 21600 has five
 _JSON = "application/json"
 
 
@@ -43,10 +44,11 @@ class _Rendered:
     imds_extended: bytes
 
 
-def _unavailable(exc: Unavailable) -> web.Response:
-    return web.json_response(
-        exc.to_json(), status=503, headers={"Retry-After": str(exc.retry_after)}
-    )
+def _no_credentials(exc: CredsidecarError) -> web.Response:
+    """503 with Retry-After while renewal may still succeed; 403 once a refusal retrying will
+    not change (a revoked run) has left nothing valid: the same statuses as GCP and Azure."""
+    status, headers = answer_status(exc)
+    return web.json_response(exc.to_json(), status=status, headers=headers)
 
 
 class AwsEndpoints:
@@ -114,8 +116,8 @@ class AwsEndpoints:
     ) -> web.Response:
         try:
             entry = entry_now()
-        except Unavailable as exc:
-            return _unavailable(exc)
+        except CredsidecarError as exc:
+            return _no_credentials(exc)
         rendered = self._render(entry)
         if (entry.generation, kind) not in self._served:
             # One audit line per credential and client path, not per request.
@@ -148,7 +150,9 @@ class AwsEndpoints:
 
     async def imds_token(self, request: web.Request) -> web.Response:
         raw = request.headers.get(TOKEN_TTL_HEADER, "")
-        ttl = int(raw) if raw.isdigit() else 0
+        # ASCII digits only (str.isdigit accepts "²", which int() refuses), and few of them (int()
+        # of thousands of digits is refused, and slow before that).
+        ttl = int(raw) if len(raw) <= MAX_TTL_DIGITS and raw.isascii() and raw.isdigit() else 0
         if not 1 <= ttl <= MAX_TOKEN_TTL:
             return web.Response(
                 status=400, text=f"{TOKEN_TTL_HEADER} must be an integer in 1..{MAX_TOKEN_TTL}"
@@ -162,8 +166,8 @@ class AwsEndpoints:
             return self._guard.refuse(request, 401, "missing or expired IMDSv2 session token")
         try:
             return self._cache.current_entry()
-        except Unavailable as exc:
-            return _unavailable(exc)
+        except CredsidecarError as exc:
+            return _no_credentials(exc)
 
     async def imds_role_list(self, request: web.Request) -> web.Response:
         entry = self._imds_entry(request)

@@ -5,6 +5,9 @@
 400 `invalid_request` only for requests that are wrong (no `Metadata` header, no resource, an
 identity the launch does not grant); anything transient is 503 with `Retry-After`, because
 azure-identity takes a 400 as "no managed identity here" for good.
+
+A resource is cached under one normalised key (`resource_key`): `https://storage.azure.com/` and
+`https://STORAGE.azure.com` share one token; each answer echoes the resource as it was asked.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from aiohttp import web
 
 from credsidecar.audit import AuditLog
-from credsidecar.cache import Cached, CacheFamily
+from credsidecar.cache import Cached
+from credsidecar.cache_family import CacheFamily
 from credsidecar.clouds.azure import AzureIdentityRef, AzureToken
 from credsidecar.endpoints.guards import Guard, secrets_match
-from credsidecar.errors import BadRequest, CredsidecarError, InvalidGrant
+from credsidecar.errors import CredsidecarError, answer_status
 
-__all__ = ["APP_SERVICE_PATH", "IMDS_PATH", "AzureEndpoints", "with_error_fields"]
+__all__ = ["APP_SERVICE_PATH", "IMDS_PATH", "AzureEndpoints", "resource_key", "with_error_fields"]
 
 APP_SERVICE_PATH = "/msi/token"
 IMDS_PATH = "/metadata/identity/oauth2/token"
@@ -29,6 +33,21 @@ IMDS_PATH = "/metadata/identity/oauth2/token"
 TokenKey = tuple[str, str]  # (identity name, resource)
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 MAX_FIXED = 256  # pre-serialised bodies kept (identities x resources x two paths)
+MAX_SERVED = 256  # (identity, resource) pairs whose last served expiry is remembered for the audit
+# Resource URIs are short (`https://storage.azure.com`, an app ID URI, a GUID); a longer one is a
+# wrong request, and would otherwise be kept in caches and written to logs.
+MAX_RESOURCE_LENGTH = 400
+
+
+def resource_key(resource: str) -> str:
+    """The one key for the spellings of a resource Entra treats alike: with or without
+    trailing slashes, any case of scheme and host. The exchanger asks Entra for
+    `<resource>/.default` with trailing slashes stripped, so every spelling gets the same token."""
+    scheme, sep, rest = resource.partition("://")
+    if sep:
+        host, slash, path = rest.partition("/")
+        resource = f"{scheme.lower()}://{host.lower()}{slash}{path}"
+    return resource.rstrip("/")
 
 
 def _error(body: Mapping[str, str], status: int, headers: Mapping[str, str] | None = None
@@ -53,13 +72,11 @@ def _invalid(message: str) -> web.Response:
 
 
 def _failure(exc: CredsidecarError) -> web.Response:
-    if exc.retryable:
-        retry = str(getattr(exc, "retry_after", 5))
-        return _error(exc.to_json(), 503, {"Retry-After": retry})
     # A wrong request (unknown resource) is 400; a refusal retrying will not change (no
-    # matching federated credential, revoked run) is 403 with Entra's explanation.
-    wrong_request = isinstance(exc, BadRequest) and not isinstance(exc, InvalidGrant)
-    return _error(exc.to_json(), 400 if wrong_request else 403)
+    # matching federated credential, revoked run) is 403 with Entra's explanation; anything
+    # transient 503 with Retry-After.
+    status, headers = answer_status(exc)
+    return _error(exc.to_json(), status, headers)
 
 
 class AzureEndpoints:
@@ -102,16 +119,22 @@ class AzureEndpoints:
         resource = query.get("resource", "")
         if not resource:
             return _invalid("resource is required, e.g. resource=https://storage.azure.com")
+        if len(resource) > MAX_RESOURCE_LENGTH:
+            return _invalid(
+                f"resource is longer than {MAX_RESOURCE_LENGTH} characters; ask for the "
+                "resource's URI, e.g. resource=https://storage.azure.com"
+            )
         if not query.get("api-version"):
             return _invalid("api-version is required")
         identity = self._select(query)
         if isinstance(identity, web.Response):
             return identity
+        key = resource_key(resource)
         try:
-            entry = await self._tokens.get((identity.name, resource))
+            entry = await self._tokens.get((identity.name, key))
         except CredsidecarError as exc:
             return _failure(exc)
-        self._audit_served(identity, resource, entry, request.path)
+        self._audit_served(identity, key, entry, request.path)
         expires_in = max(0, int(entry.wall_expiry) - int(self._wall()))  # at response time
         fixed = self._fixed.get((identity.name, resource, app_service))
         if fixed is None or fixed[0] is not entry:
@@ -148,6 +171,8 @@ class AzureEndpoints:
         # One line per token served, not per request; the last expiry per key keeps this bounded.
         key = (identity.name, resource)
         if self._served.get(key) != entry.wall_expiry:
+            if len(self._served) >= MAX_SERVED:
+                self._served.clear()  # at worst a token is audited as served twice
             self._served[key] = entry.wall_expiry
             self._audit.event("credentials.served", **self._who, provider="azure",
                               identity=identity.name, client_id=identity.client_id,

@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from credsidecar.audit import AuditLog
-from credsidecar.cache import Cached, CacheFamily
+from credsidecar.cache import Cached
+from credsidecar.cache_family import CacheFamily
 from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpIdToken, GcpToken
-from credsidecar.errors import CredsidecarError, Unavailable
+from credsidecar.errors import BadRequest, CredsidecarError, answer_status
 
 __all__ = ["FLAVOR", "GcpEndpoints", "add_flavor"]
 
@@ -25,6 +26,12 @@ V1 = "/computeMetadata/v1"
 UNIVERSE = "googleapis.com"
 _JSON_HEADERS = {"Content-Type": "application/json", **FLAVOR}
 MAX_ESCAPED = 64
+MAX_SERVED = 256  # (kind, key) pairs whose last served expiry is remembered for the audit
+# What a client may ask for is bounded, so no request can make caches, keys or log lines large:
+# real scope sets are a few URLs of ~50 characters, audiences one URL.
+MAX_SCOPES = 32
+MAX_SCOPES_LENGTH = 2048  # of the whole `scopes` parameter
+MAX_AUDIENCE_LENGTH = 512
 
 
 def add_flavor(response: web.StreamResponse) -> None:
@@ -40,11 +47,8 @@ def _json(body: object) -> web.Response:
 
 
 def _error(exc: CredsidecarError) -> web.Response:
-    status = exc.status if exc.status < 500 else 503
-    headers = dict(FLAVOR)
-    if isinstance(exc, Unavailable):
-        headers["Retry-After"] = str(exc.retry_after)
-    return web.json_response(exc.to_json(), status=status, headers=headers)
+    status, headers = answer_status(exc)
+    return web.json_response(exc.to_json(), status=status, headers={**headers, **FLAVOR})
 
 
 class GcpEndpoints:
@@ -140,7 +144,10 @@ class GcpEndpoints:
         missing = self._flavor_missing(request)
         if missing is not None:
             return missing
-        location = request.path + "/" + (f"?{request.query_string}" if request.query_string else "")
+        # From the raw (still %-encoded) path and query: decoded, a `%0d%0a` would put CR LF in
+        # the header, which aiohttp refuses to send (the client got no answer at all).
+        url = request.rel_url
+        location = url.raw_path + "/" + (f"?{url.raw_query_string}" if url.raw_query_string else "")
         return web.Response(status=301, headers={**FLAVOR, "Location": location})
 
     async def not_found(self, request: web.Request) -> web.Response:
@@ -184,6 +191,8 @@ class GcpEndpoints:
         """One audit line per token obtained and first served (the last expiry per key)."""
         if self._served.get((kind, key)) == entry.wall_expiry:
             return
+        if len(self._served) >= MAX_SERVED:
+            self._served.clear()  # at worst a token is audited as served twice
         self._served[(kind, key)] = entry.wall_expiry
         shown = ",".join(key) if isinstance(key, tuple) else key
         self._audit.event("credentials.served", **self._who, provider="gcp",
@@ -191,8 +200,13 @@ class GcpEndpoints:
                           expiry=int(entry.wall_expiry), path=path)  # fmt: skip
 
     def _parse_scopes(self, raw: str) -> tuple[str, ...]:
-        """Scope sets are few and asked for again and again: parse each raw string once."""
+        """Scope sets are few and asked for again and again: parse each raw string once.
+        Order and repeats do not matter: one sorted set is one cache key."""
+        if len(raw) > MAX_SCOPES_LENGTH:
+            raise BadRequest(f"scopes is longer than {MAX_SCOPES_LENGTH} characters")
         scopes = tuple(sorted({s for s in raw.replace(" ", ",").split(",") if s}))
+        if len(scopes) > MAX_SCOPES:
+            raise BadRequest(f"more than {MAX_SCOPES} scopes asked for at once ({len(scopes)})")
         if len(self._scope_sets) > MAX_ESCAPED:
             self._scope_sets.clear()
         self._scope_sets[raw] = scopes or (CLOUD_PLATFORM,)
@@ -204,7 +218,10 @@ class GcpEndpoints:
             return refused
         scopes = self._scope_sets.get(request.query.get("scopes", ""))
         if scopes is None:
-            scopes = self._parse_scopes(request.query.get("scopes", ""))
+            try:
+                scopes = self._parse_scopes(request.query.get("scopes", ""))
+            except BadRequest as exc:
+                return _text(f"{exc.message}\n", 400)
         try:
             entry = await self._tokens.get(scopes)
         except CredsidecarError as exc:
@@ -229,6 +246,8 @@ class GcpEndpoints:
         audience = request.query.get("audience", "")
         if not audience:
             return _text("audience is required: identity?audience=...\n", 400)
+        if len(audience) > MAX_AUDIENCE_LENGTH:
+            return _text(f"audience is longer than {MAX_AUDIENCE_LENGTH} characters\n", 400)
         try:
             entry = await self._id_tokens.get(audience)
         except CredsidecarError as exc:

@@ -38,13 +38,17 @@ class SessionTokens:
         return f"{body}.{self._mac(body)}"
 
     def valid(self, token: str | None) -> bool:
-        if not token or len(token) > 200:
+        # Tokens we issue are ASCII; anything else (a non-ASCII or undecodable header value,
+        # which compare_digest and encode() would raise on) is simply not one of ours.
+        if not token or len(token) > 200 or not token.isascii():
             return False
         expiry = self._verified.get(token)
         if expiry is None:
             body, _, mac = token.rpartition(".")
             digits = body.rpartition(".")[2]
-            if not digits.isdigit() or not hmac.compare_digest(mac, self._mac(body)):
+            if not digits.isdigit() or not hmac.compare_digest(
+                mac.encode(), self._mac(body).encode()
+            ):
                 return False
             expiry = self._verified[token] = int(digits)
         return expiry > self._mono() * 1000

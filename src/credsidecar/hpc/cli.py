@@ -129,9 +129,10 @@ async def _check(args: argparse.Namespace, session: aiohttp.ClientSession) -> in
 
 def _write_cert_files(out: Path, key: Any, issued: dict[str, Any]) -> Path:
     """Key, certificate, known_hosts and an ssh_config that uses only them."""
-    from credsidecar.jobenv import write_private_atomic
+    from credsidecar.private_files import ensure_private_dir, write_private_atomic
 
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The private key goes in here: a directory someone else planted or can read is refused.
+    ensure_private_dir(out, what="certificate directory")
     identity, cert, known = out / "id_ed25519", out / "id_ed25519-cert.pub", out / "known_hosts"
     write_private_atomic(identity, key.export_private_key().decode())
     write_private_atomic(out / "id_ed25519.pub", key.export_public_key().decode())

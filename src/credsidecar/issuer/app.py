@@ -20,7 +20,13 @@ from aiohttp import web
 
 from credsidecar.errors import BadRequest, CredsidecarError, PayloadTooLarge, Unauthorized
 from credsidecar.issuer.hpc_api import add_hpc_routes
-from credsidecar.issuer.http_common import SERVICE, json_body, no_store_json
+from credsidecar.issuer.http_common import (
+    SERVICE,
+    bearer_token,
+    form_body,
+    json_body,
+    no_store_json,
+)
 from credsidecar.issuer.service import IssuerService, LaunchRequest
 
 __all__ = ["SERVICE", "create_app", "json_body", "no_store_json"]
@@ -63,13 +69,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def _platform_caller(request: web.Request) -> str:
     """Authenticates a platform API key; returns the key's name for the audit trail."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented:
+    presented = bearer_token(request, "platform API key")
+    if presented is None:
         raise Unauthorized("this endpoint needs `Authorization: Bearer <platform API key>`")
     keys = request.app[SERVICE].config.platform_keys
     # Compare against every key (constant time each) so timing does not reveal which matched.
-    matches = [k.name for k in keys if k.matches(presented.strip())]
+    matches = [k.name for k in keys if k.matches(presented)]
     if not matches:
         raise Unauthorized("the platform API key is not valid for this issuer")
     return matches[0]
@@ -114,8 +119,7 @@ async def token_exchange(request: web.Request) -> web.Response:
             raise BadRequest("the request body must be a JSON object")
         form = {k: v for k, v in body.items() if isinstance(v, str)}
     else:
-        # RFC 8693 requests are application/x-www-form-urlencoded.
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        form = await form_body(request)  # RFC 8693 requests are application/x-www-form-urlencoded
     service = request.app[SERVICE]
     result = await asyncio.to_thread(service.exchange, form)
     now = service.now()

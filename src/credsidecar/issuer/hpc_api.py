@@ -30,7 +30,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from credsidecar.issuer.hpc_service import HpcService, Member
-from credsidecar.issuer.http_common import SERVICE, json_body, no_store_json
+from credsidecar.issuer.http_common import SERVICE, bearer_token, json_body, no_store_json
 
 __all__ = ["add_hpc_routes"]
 
@@ -45,8 +45,7 @@ def _call(request: web.Request, use: Callable[[HpcService], T]) -> Awaitable[T]:
 
 
 async def _member(request: web.Request) -> Member:
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    token = presented.strip() if scheme.lower() == "bearer" else None
+    token = bearer_token(request, "member API key")
     return await _call(request, lambda hpc: hpc.authenticate(token))
 
 

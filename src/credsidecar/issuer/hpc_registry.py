@@ -24,6 +24,7 @@ import asyncssh
 
 from credsidecar.errors import BadRequest
 from credsidecar.issuer.identities import SCHEDULERS
+from credsidecar.issuer.ssh_ca import refuse_private_key
 from credsidecar.issuer.store import Store
 
 __all__ = [
@@ -142,6 +143,7 @@ class StoredCredential:
 def _host_key(text: Any, what: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise BadRequest(f"{what} must be an OpenSSH public key line")
+    refuse_private_key(text, what)  # a host's private key pasted by mistake is leaked
     try:
         key = asyncssh.import_public_key(text.strip())
     except (asyncssh.KeyImportError, ValueError) as exc:

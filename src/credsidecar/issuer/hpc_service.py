@@ -38,7 +38,7 @@ from credsidecar.issuer.hpc_registry import (
 )
 from credsidecar.issuer.sealing import Sealer
 from credsidecar.issuer.service import IssuerService
-from credsidecar.issuer.ssh_ca import SshCa
+from credsidecar.issuer.ssh_ca import SshCa, refuse_private_key
 
 __all__ = ["USER_KEY_PREFIX", "HpcService", "Member", "hpc_status_table", "new_user_key"]
 
@@ -265,6 +265,8 @@ class HpcService:
         }
 
     def certificate(self, body: Any) -> dict[str, Any]:
+        # Before the launch token is checked: whoever sent a private key must hear it leaked.
+        refuse_private_key(body.get("public_key") if isinstance(body, dict) else None)
         claims, cluster = self._launch(body)
         user, run = str(claims["user"]), str(claims["run"])
         if cluster.mode != CERTIFICATE:

@@ -1,18 +1,28 @@
-"""What the issuer's HTTP modules share: the app key of the service and JSON in and out."""
+"""What the issuer's HTTP modules share: the app key of the service, request bodies and
+credentials parsed in one place (strictly, so malformed input is a clear 400/401 and never a 500),
+and JSON out."""
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
 from aiohttp import web
 
-from credsidecar.errors import BadRequest
+from credsidecar.errors import BadRequest, Unauthorized
 from credsidecar.issuer.service import IssuerService
 
-__all__ = ["SERVICE", "json_body", "no_store_json"]
+__all__ = ["SERVICE", "bearer_token", "form_body", "json_body", "no_store_json"]
 
 SERVICE = web.AppKey("service", IssuerService)
+
+FORM = "application/x-www-form-urlencoded"
+# Integers in our bodies are lifetimes and counts; 20 digits pass any 64-bit value, and int() of
+# thousands of digits is slow, then refused.
+MAX_INT_DIGITS = 20
+# RFC 8693 requests carry about ten parameters.
+MAX_FORM_FIELDS = 64
 
 
 def no_store_json(data: Any, status: int = 200) -> web.Response:
@@ -22,14 +32,80 @@ def no_store_json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-async def json_body(request: web.Request) -> Any:
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BadRequest(
+            f"the request body holds a {len(text)}-digit number; numbers have at most "
+            f"{MAX_INT_DIGITS} digits"
+        )
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"the request body holds {name}, which is not JSON; send numbers")
+
+
+def _utf8(raw: bytes, what: str) -> str:
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"the request body is not {what}: invalid UTF-8 at byte {exc.start}; send UTF-8"
+        ) from None
+
+
+async def json_body(request: web.Request) -> Any:
+    """The JSON body ({} when empty): UTF-8 (RFC 8259), bounded numbers, no NaN/Infinity."""
+    raw = await request.read()  # bounded by the app's client_max_size (413 above it)
     if not raw:
         return {}
+    text = _utf8(raw, "valid JSON")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+        return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(
+            "the request body nests arrays or objects too deeply; send a flat JSON object"
+        ) from None
+
+
+async def form_body(request: web.Request) -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body (RFC 8693 requests), UTF-8 throughout."""
+    if request.content_type != FORM:
+        raise BadRequest(
+            f"the request body must be {FORM} (RFC 8693) or application/json, "
+            f"not {request.content_type[:80]!r}"
+        )
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise BadRequest(
+            f"the request body's charset {charset[:40]!r} is not supported; send UTF-8"
+        )
+    text = _utf8(await request.read(), "form data")
+    try:
+        pairs = urllib.parse.parse_qsl(
+            text, keep_blank_values=True, encoding="utf-8", errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )  # fmt: skip
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"the request body is not form data: a %-escape decodes to invalid UTF-8 ({exc.reason})"
+        ) from None
+    except ValueError:  # only raised for too many fields
+        raise BadRequest(f"the request body has more than {MAX_FORM_FIELDS} fields") from None
+    return dict(pairs)
+
+
+def bearer_token(request: web.Request, what: str) -> str | None:
+    """The `Authorization: Bearer` credential, None if there is none; `what` names it in errors.
+
+    Our keys and tokens are ASCII: another value cannot be one, and hashing undecodable header
+    bytes (aiohttp keeps them as surrogates) would fail, so it is refused here as not valid."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        return None
+    if not presented.isascii():
+        raise Unauthorized(f"the {what} is not valid for this issuer")
+    return presented

@@ -21,6 +21,7 @@ from credsidecar.issuer.keys import KeyRing
 from credsidecar.issuer.policy_watch import PolicyHolder
 from credsidecar.issuer.service import IssuerService
 from credsidecar.issuer.store import Store
+from credsidecar.serving import IDLE_TIMEOUT, LimitedSite
 
 __all__ = ["export_discovery", "open_service", "serve"]
 
@@ -89,9 +90,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     with open_service(config) as service:
         app = create_app(service)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_TIMEOUT
+        )
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=_tls_context(config))
+        # Connection cap, idle and header-read timeouts, malformed requests logged quietly.
+        site = LimitedSite(
+            runner, host=config.host, port=config.port, ssl_context=_tls_context(config)
+        )
         await site.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

@@ -18,6 +18,7 @@ What a certificate carries, and why:
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from credsidecar.errors import BadRequest
 
-__all__ = ["CLOCK_SKEW", "SignedCertificate", "SshCa"]
+__all__ = ["CLOCK_SKEW", "SignedCertificate", "SshCa", "refuse_private_key"]
+
+# PEM and OpenSSH private key armour: "-----BEGIN OPENSSH PRIVATE KEY-----", "... RSA PRIVATE
+# KEY", "... EC PRIVATE KEY", "... PRIVATE KEY", "... ENCRYPTED PRIVATE KEY", and RFC 4716's
+# "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----". asyncssh would import any of these as a public key.
+_PRIVATE_KEY = re.compile(r"-{4,5} ?BEGIN [A-Z0-9 ]*PRIVATE KEY ?-{4,5}", re.IGNORECASE)
 
 CLOCK_SKEW = 60  # seconds a certificate is valid before it is issued
 ACCEPTED_KEY_TYPES = (
@@ -103,8 +109,19 @@ class SshCa:
                                  fingerprint)  # fmt: skip
 
 
+def refuse_private_key(text: object, field: str = "public_key") -> None:
+    """Refuses (400) a private key sent where a public key belongs, without echoing it: its
+    owner must learn that it has left their machine."""
+    if isinstance(text, str) and _PRIVATE_KEY.search(text):
+        raise BadRequest(
+            f"{field}: that is a private key; send the .pub file (e.g. ~/.ssh/id_ed25519.pub)"
+            " — and treat this key as leaked: replace it and remove it wherever it is trusted"
+        )
+
+
 def parse_public_key(text: str) -> asyncssh.SSHKey:
     """An OpenSSH public key line the CA will sign: a known type, RSA of at least 3072 bits."""
+    refuse_private_key(text)
     if not isinstance(text, str) or not text.strip() or len(text) > 16_384:
         raise BadRequest("public_key must be one OpenSSH public key line (`ssh-ed25519 AAAA...`)")
     try:

@@ -7,7 +7,10 @@ every write is a short transaction and readers always ask the database, never a 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,9 +57,33 @@ class Revocation:
     reason: str | None
 
 
+# SQLite gives its -wal, -shm and -journal files the database file's permission bits.
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _create_private(path: Path) -> None:
+    """Creates the database file 0600 before SQLite does (which would use the umask, and its
+    WAL files would copy that mode); tightens an existing one of ours and its companions."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600))  # fmt: skip
+    for name in (path.name, *(path.name + suffix for suffix in _COMPANIONS)):
+        try:
+            fd = os.open(path.with_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # missing, or a link we leave alone; SQLite reports real trouble
+            continue
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         # One connection shared across threads, serialised by a lock; the busy timeout covers
         # another process (an admin command) holding the write lock for a moment.
         self._db = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
@@ -64,7 +91,6 @@ class Store:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
-        path.chmod(0o600)
 
     def close(self) -> None:
         with self._lock:
