@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from credsidecar.clouds.aws import DEFAULT_DURATION
-from credsidecar.clouds.azure import AUTHORITY
-from credsidecar.clouds.gcp import IAM_URL, STS_URL
+from credsidecar.clouds.contracts import AWS_DEFAULT_DURATION as DEFAULT_DURATION
+from credsidecar.clouds.contracts import AZURE_AUTHORITY as AUTHORITY
+from credsidecar.clouds.contracts import GCP_IAM_URL as IAM_URL
+from credsidecar.clouds.contracts import GCP_STS_URL as STS_URL
 from credsidecar.errors import ConfigError
 
 __all__ = ["SidecarConfig", "add_sidecar_arguments", "default_run_dir"]

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from credsidecar.audit import AuditLog
 from credsidecar.cache import CredentialCache
-from credsidecar.clouds.aws import AwsCredentials
+from credsidecar.clouds.contracts import AwsCredentials
 from credsidecar.endpoints.aws import AwsEndpoints
 from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.issuer.example import free_port

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from credsidecar.audit import AuditLog
 from credsidecar.cache_family import MAX_PROBATION, MAX_PROTECTED, CacheFamily
-from credsidecar.clouds.azure import AzureIdentityRef, AzureToken
+from credsidecar.clouds.contracts import AzureIdentityRef, AzureToken
 from credsidecar.endpoints.azure import (
     APP_SERVICE_PATH,
     IMDS_PATH,

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from credsidecar.audit import AuditLog
 from credsidecar.cache_family import MAX_PROBATION, MAX_PROTECTED, CacheFamily
-from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpIdToken, GcpToken
+from credsidecar.clouds.contracts import GCP_CLOUD_PLATFORM as CLOUD_PLATFORM
+from credsidecar.clouds.contracts import GcpIdToken, GcpToken
 from credsidecar.endpoints.gcp import (
     MAX_AUDIENCE_LENGTH,
     MAX_SCOPES,

@@ -19,6 +19,7 @@ from botocore.exceptions import (
     ParamValidationError,
 )
 
+from credsidecar.clouds.contracts import AWS_DEFAULT_DURATION, AwsCredentials
 from credsidecar.clouds.federation import TokenSupplier
 from credsidecar.errors import (
     BadRequest,
@@ -32,28 +33,10 @@ from credsidecar.errors import (
 __all__ = ["AwsCredentials", "AwsExchanger", "AwsSettings", "role_session_name"]
 
 # AssumeRoleWithWebIdentity accepts 900..43200 s; the sandbox accepts shorter ones for tests.
-DEFAULT_DURATION = 3600
+DEFAULT_DURATION = AWS_DEFAULT_DURATION
 MIN_STS_DURATION = 900
 _SESSION_CHARS = re.compile(r"[^\w+=,.@-]", re.ASCII)
 _ROLE_ARN = re.compile(r"arn:aws[\w-]*:iam::(\d{12}):role/([\w+=,.@/-]+)", re.ASCII)
-
-
-@dataclass(frozen=True)
-class AwsCredentials:
-    access_key_id: str
-    secret_access_key: str
-    session_token: str
-    expires_at: float  # wall-clock epoch seconds
-    role_arn: str
-    assumed_role_arn: str
-    account_id: str
-
-    def __repr__(self) -> str:  # never let a secret reach a log through repr()
-        return f"AwsCredentials({self.access_key_id}, {self.assumed_role_arn}, {self.expires_at})"
-
-    @property
-    def role_name(self) -> str:
-        return self.role_arn.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)

@@ -15,54 +15,25 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from credsidecar.clouds.contracts import (
+    AZURE_AUDIENCE,
+    AZURE_AUTHORITY,
+    AzureIdentityRef,
+    AzureToken,
+)
 from credsidecar.clouds.federation import TokenSupplier
 from credsidecar.errors import BadRequest, CredsidecarError, Forbidden, InvalidGrant, Unavailable
 
 __all__ = ["AUTHORITY", "AzureExchanger", "AzureIdentityRef", "AzureToken"]
 
-AUTHORITY = "https://login.microsoftonline.com"
-AUDIENCE = "api://AzureADTokenExchange"
+AUTHORITY, AUDIENCE = AZURE_AUTHORITY, AZURE_AUDIENCE
 TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 _ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _AADSTS = re.compile(r"AADSTS(\d+)")
-
-
-@dataclass(frozen=True)
-class AzureIdentityRef:
-    """One granted Azure identity, as the launch token describes it."""
-
-    name: str
-    tenant_id: str
-    client_id: str
-    audience: str = AUDIENCE
-    object_id: str | None = None
-    resource_id: str | None = None
-
-    def matches(self, client_id: str | None, object_id: str | None, mi_res_id: str | None) -> bool:
-        """Whether an SDK's selector (at most one is sent) names this identity."""
-        if client_id:
-            return client_id.lower() == self.client_id.lower()
-        if object_id:
-            return bool(self.object_id) and object_id.lower() == str(self.object_id).lower()
-        if mi_res_id:
-            return bool(self.resource_id) and mi_res_id.lower() == str(self.resource_id).lower()
-        return True
-
-
-@dataclass(frozen=True)
-class AzureToken:
-    access_token: str
-    expires_at: float
-    resource: str
-    client_id: str
-
-    def __repr__(self) -> str:
-        return f"AzureToken({self.client_id}, {self.resource}, expires_at={self.expires_at})"
 
 
 def scope_for(resource: str) -> str:

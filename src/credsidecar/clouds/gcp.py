@@ -20,38 +20,23 @@ from typing import Any
 
 import aiohttp
 
+from credsidecar.clouds.contracts import (
+    GCP_CLOUD_PLATFORM,
+    GCP_IAM_URL,
+    GCP_STS_URL,
+    GcpIdToken,
+    GcpToken,
+)
 from credsidecar.clouds.federation import TokenSupplier
 from credsidecar.errors import BadRequest, CredsidecarError, Forbidden, Unavailable
 
 __all__ = ["CLOUD_PLATFORM", "GcpExchanger", "GcpIdToken", "GcpSettings", "GcpToken"]
 
-CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-STS_URL = "https://sts.googleapis.com/v1/token"
-IAM_URL = "https://iamcredentials.googleapis.com"
+CLOUD_PLATFORM, STS_URL, IAM_URL = GCP_CLOUD_PLATFORM, GCP_STS_URL, GCP_IAM_URL
 TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 _EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 _ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a type URN
 _JWT = "urn:ietf:params:oauth:token-type:jwt"
-
-
-@dataclass(frozen=True)
-class GcpToken:
-    access_token: str
-    expires_at: float
-    scopes: tuple[str, ...]
-
-    def __repr__(self) -> str:
-        return f"GcpToken(scopes={self.scopes}, expires_at={self.expires_at})"
-
-
-@dataclass(frozen=True)
-class GcpIdToken:
-    token: str
-    expires_at: float
-    audience: str
-
-    def __repr__(self) -> str:
-        return f"GcpIdToken(audience={self.audience!r}, expires_at={self.expires_at})"
 
 
 @dataclass(frozen=True)

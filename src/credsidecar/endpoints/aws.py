@@ -16,7 +16,7 @@ from aiohttp import web
 
 from credsidecar.audit import AuditLog
 from credsidecar.cache import Cached, CredentialCache
-from credsidecar.clouds.aws import AwsCredentials
+from credsidecar.clouds.contracts import AwsCredentials
 from credsidecar.endpoints.guards import Guard, secrets_match
 from credsidecar.endpoints.session_tokens import SessionTokens
 from credsidecar.errors import CredsidecarError, answer_status

@@ -21,7 +21,7 @@ from aiohttp import web
 from credsidecar.audit import AuditLog
 from credsidecar.cache import Cached
 from credsidecar.cache_family import CacheFamily
-from credsidecar.clouds.azure import AzureIdentityRef, AzureToken
+from credsidecar.clouds.contracts import AzureIdentityRef, AzureToken
 from credsidecar.endpoints.guards import Guard, secrets_match
 from credsidecar.errors import CredsidecarError, answer_status
 

@@ -14,7 +14,8 @@ from aiohttp import web
 from credsidecar.audit import AuditLog
 from credsidecar.cache import Cached
 from credsidecar.cache_family import CacheFamily
-from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpIdToken, GcpToken
+from credsidecar.clouds.contracts import GCP_CLOUD_PLATFORM as CLOUD_PLATFORM
+from credsidecar.clouds.contracts import GcpIdToken, GcpToken
 from credsidecar.errors import BadRequest, CredsidecarError, answer_status
 
 __all__ = ["FLAVOR", "GcpEndpoints", "add_flavor"]
