@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/aws_endpoints.py            # from the repository root, ~95 s
 
 What it does, against real processes on 127.0.0.1 (see benchmarks/README.md; the shared parts
-are in benchmarks/harness.py):
+are in benchmarks/harness/):
 
 1. starts an issuer (example policy) and the sandbox (local STS), both pinned to the client core;
 2. time to ready: `credsidecar serve --clouds aws` pinned to the server core, from Popen until

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/azure_endpoints.py          # from the repository root, ~130 s
 
 The same measurements as aws_endpoints.py (benchmarks/README.md; the shared parts are in
-benchmarks/harness.py), against the sandbox's Entra stand-in (HTTPS, local CA):
+benchmarks/harness/), against the sandbox's Entra stand-in (HTTPS, local CA):
 
 1. issuer (example policy) and sandbox, pinned to the client core; the Entra stand-in issues
    10 s access tokens (`credsidecar sandbox --azure-token-lifetime 10`), since Entra, not the
@@ -32,6 +32,7 @@ import sys
 import time
 
 import harness
+from credsidecar.endpoints.azure import resource_key
 from harness import BareRoute, Bench, RenewalSpec, Sidecar, Target
 
 LIFETIME = 10
@@ -113,7 +114,8 @@ def renewal_spec(bench: Bench) -> RenewalSpec:
         flags=[],  # the lifetime is the sandbox's (--azure-token-lifetime)
         path=ARM_PATH,
         headers=app_service_headers,
-        match={"resource": ARM},
+        # The audit names a resource by its one key (no trailing slash), not as it was asked for.
+        match={"resource": resource_key(ARM)},
         key_field="access_token",
         counters=counters,
         expected=["Entra", "issuer"],

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/gcp_endpoints.py            # from the repository root, ~130 s
 
 The same measurements as aws_endpoints.py (benchmarks/README.md; the shared parts are in
-benchmarks/harness.py), against the sandbox's GCP stand-ins (STS, IAM Credentials):
+benchmarks/harness/), against the sandbox's GCP stand-ins (STS, IAM Credentials):
 
 1. issuer (example policy) and sandbox, pinned to the client core;
 2. time to ready of `credsidecar serve --clouds gcp` (median of several starts);

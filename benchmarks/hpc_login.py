@@ -4,9 +4,9 @@
     sudo .venv/bin/python benchmarks/hpc_login.py     # from the repository root, ~20 s; root:
                                                       # it starts sshd with the test accounts
 
-Real processes on 127.0.0.1, as in tests/e2e/test_hpc.py (whose sshd helper it uses): an
-issuer with the example policy, an OpenSSH sshd trusting the issuer's CA, one certificate-mode
-cluster. It measures
+Real processes on 127.0.0.1, as in tests/e2e/test_hpc.py (tests/support's issuer process and
+tests/hpc's sshd helper): an issuer with the example policy, an OpenSSH sshd trusting the
+issuer's CA, one certificate-mode cluster. It measures
 1. `credsidecar hpc run --cluster hpc1 -- true` end to end (interpreter start, a fresh key, the
    certificate from the issuer, the SSH login with host verification, the command), median of
    7, beside `credsidecar hpc --help` (the interpreter and imports alone);
@@ -33,8 +33,9 @@ import asyncssh
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.processes import CLI, IssuerProcess  # noqa: E402
 from tests.hpc.sshd import Sshd, ensure_accounts, require_host, start_sshd  # noqa: E402
+from tests.support.processes import CLI  # noqa: E402
+from tests.support.stack import IssuerProcess  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:

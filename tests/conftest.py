@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 from blockbuster import blockbuster_ctx
 
+from tests.support.clock import FakeClock
+
 # Variables from the developer's machine that would change what SDKs or the sidecar do.
 _LEAKY_PREFIXES = ("AWS_", "GOOGLE_", "GCE_", "AZURE_", "IDENTITY_", "MSI_", "CREDSIDECAR_")
 
@@ -36,19 +38,6 @@ def no_blocking_calls_on_the_event_loop(request: pytest.FixtureRequest) -> Itera
             "credsidecar/endpoints/peers.py", "_read_table"
         )
         yield
-
-
-class FakeClock:
-    """Wall-clock stand-in tests move by hand."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from credsidecar.issuer.keys import KeyRing
 from credsidecar.issuer.policy_watch import PolicyHolder
 from credsidecar.issuer.service import IssuerService
 from credsidecar.issuer.store import Store
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 
 def logged(**fields: Any) -> tuple[dict[str, Any], str]:

@@ -10,12 +10,12 @@ from pathlib import Path
 import aiohttp
 
 from credsidecar.audit import AuditLog
-from credsidecar.clouds.federation import DirectToken
 from credsidecar.config import SidecarConfig
 from credsidecar.daemon import job_environment
 from credsidecar.endpoints.guards import RefusalLog
 from credsidecar.jobenv import AWS_UNSET, render, write_private_atomic
 from credsidecar.launch import StaticTokenSource
+from credsidecar.launch.exchange import DirectToken
 from credsidecar.providers import Context, build_aws
 from tests.support.jobenv import apply_shell_env
 

@@ -28,7 +28,7 @@ from credsidecar.serving import (
     connection_cap,
     serving,
 )
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 from tests.support.timing import scaled
 
 IDLE, HEADER = 30.0, 10.0

@@ -1,5 +1,7 @@
-"""Sidecar configuration: command-line flags, each defaulting to a CREDSIDECAR_* variable,
-parsed once into a frozen dataclass and validated with messages that say what to change."""
+"""Sidecar configuration: one table of options (`SIDECAR_OPTIONS`) generates `serve`'s flags,
+reads each one's CREDSIDECAR_<FLAG> variable and builds the frozen `SidecarConfig`, validated with
+messages that say what to change; `credsidecar env` takes its flags the same way. How a flag,
+its variable and its default combine is options.py's docstring."""
 
 from __future__ import annotations
 
@@ -15,13 +17,36 @@ from credsidecar.clouds.contracts import AZURE_AUTHORITY as AUTHORITY
 from credsidecar.clouds.contracts import GCP_IAM_URL as IAM_URL
 from credsidecar.clouds.contracts import GCP_STS_URL as STS_URL
 from credsidecar.errors import ConfigError
+from credsidecar.options import (
+    ASSIGNMENTS,
+    INT,
+    PATH,
+    SECONDS,
+    SWITCH,
+    TEXT,
+    WORDS,
+    Kind,
+    Option,
+    add_options,
+    build,
+    group,
+)
 
-__all__ = ["SidecarConfig", "add_sidecar_arguments", "default_run_dir"]
+__all__ = [
+    "ENV_COMMAND_OPTIONS",
+    "SIDECAR_OPTIONS",
+    "EnvCommandConfig",
+    "SidecarConfig",
+    "add_env_command_arguments",
+    "add_sidecar_arguments",
+    "default_run_dir",
+    "env_command_from_args",
+    "from_args",
+]
 
 # STS accepts 900..43200 s; shorter lifetimes exist for the sandbox's renewal tests.
 MIN_DURATION, MAX_DURATION = 5, 43200
 MAX_UID = 2**32 - 1  # uid_t is 32 bits and (uid_t)-1 means "no user"
-
 
 # The way out when the run directory is refused (private_files.py says why it would be).
 RUN_DIR_REMEDY = "remove it or pass --run-dir to a private directory (or set XDG_RUNTIME_DIR)"
@@ -57,7 +82,7 @@ class SidecarConfig:
     allow_uids: frozenset[int] = frozenset()
     # Answer every local peer: only where the network namespace holds nothing but the job.
     any_local_peer: bool = False
-    run_dir: Path = Path()
+    run_dir: Path = field(default_factory=default_run_dir)
     env_file: Path | None = None
     exit_with: int | None = None
     audit_log: str | None = None
@@ -112,224 +137,121 @@ class SidecarConfig:
         return self.direct_token_file is not None
 
 
-def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
-    return env.get(f"CREDSIDECAR_{name}", default)
+@dataclass(frozen=True)
+class EnvCommandConfig:
+    """`credsidecar env`: which sidecar's job environment to print, and how long to wait."""
 
-
-def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    src = parser.add_argument_group("launch token (exactly one)")
-    src.add_argument(
-        "--token-file",
-        default=_env(env, "TOKEN_FILE"),
-        help="file holding the launch token; re-read when it changes",
-    )
-    src.add_argument(
-        "--token-env",
-        default=_env(env, "TOKEN_ENV"),
-        metavar="VARIABLE",
-        help="environment variable holding the launch token (removed after reading)",
-    )
-    src.add_argument("--token-stdin", action="store_true", help="read the launch token from stdin")
-    src.add_argument(
-        "--direct-token-file",
-        default=_env(env, "DIRECT_TOKEN_FILE"),
-        help="direct mode: present this token file (e.g. a projected Kubernetes "
-        "token) to the clouds as is, without the issuer",
-    )
-    src.add_argument(
-        "--issuer-url",
-        default=_env(env, "ISSUER_URL"),
-        help="issuer to exchange at (default: the launch token's iss)",
-    )
-    src.add_argument(
-        "--clouds",
-        default=_env(env, "CLOUDS"),
-        metavar="LIST",
-        help="comma-separated clouds to serve, e.g. aws,gcp (default: every cloud "
-        "the launch token carries an identity for)",
-    )
-    aws = parser.add_argument_group("AWS")
-    aws.add_argument(
-        "--aws-role-arn",
-        default=_env(env, "AWS_ROLE_ARN"),
-        help="role to assume (default: the identity in the launch token)",
-    )
-    aws.add_argument(
-        "--aws-identity",
-        default=_env(env, "AWS_IDENTITY"),
-        help="name of a granted AWS identity other than the launch's default",
-    )
-    aws.add_argument(
-        "--aws-audience",
-        default=_env(env, "AWS_AUDIENCE"),
-        help="audience for direct mode (default sts.amazonaws.com)",
-    )
-    aws.add_argument(
-        "--aws-duration",
-        type=int,
-        default=int(_env(env, "AWS_DURATION", str(DEFAULT_DURATION)) or 0),
-        help=f"credential lifetime in seconds (default {DEFAULT_DURATION})",
-    )
-    aws.add_argument("--aws-region", default=_env(env, "AWS_REGION", "us-east-1"))
-    aws.add_argument(
-        "--aws-sts-endpoint",
-        default=_env(env, "AWS_STS_ENDPOINT"),
-        help="STS endpoint URL (default: the regional endpoint)",
-    )
-    aws.add_argument(
-        "--aws-endpoint-url",
-        default=_env(env, "AWS_ENDPOINT_URL"),
-        help="export AWS_ENDPOINT_URL to the job (the sandbox uses this)",
-    )
-    aws.add_argument(
-        "--keep-aws-config",
-        action="store_true",
-        help="do not point AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE at /dev/null",
-    )
-    gcp = parser.add_argument_group("GCP")
-    gcp.add_argument(
-        "--gcp-identity",
-        default=_env(env, "GCP_IDENTITY"),
-        help="name of a granted GCP identity other than the launch's default",
-    )
-    gcp.add_argument("--gcp-project-id", default=_env(env, "GCP_PROJECT_ID"))
-    gcp.add_argument("--gcp-sts-url", default=_env(env, "GCP_STS_URL", STS_URL))
-    gcp.add_argument(
-        "--gcp-iam-url",
-        default=_env(env, "GCP_IAM_URL", IAM_URL),
-        help="IAM Credentials API base URL",
-    )
-    gcp.add_argument(
-        "--gcp-lifetime",
-        type=int,
-        default=int(_env(env, "GCP_LIFETIME", "3600") or 3600),
-        help="service account access token lifetime in seconds (default 3600)",
-    )
-    az = parser.add_argument_group("Azure")
-    az.add_argument("--azure-identity", default=_env(env, "AZURE_IDENTITY"),
-                    help="name of the granted Azure identity served without a selector "
-                         "(default: the launch's default)")  # fmt: skip
-    az.add_argument("--azure-authority", default=_env(env, "AZURE_AUTHORITY", AUTHORITY),
-                    help=f"Entra authority host (default {AUTHORITY})")  # fmt: skip
-    srv = parser.add_argument_group("serving")
-    srv.add_argument(
-        "--job-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra variable to export to the job (the sandbox's endpoints and CA)",
-    )
-    srv.add_argument(
-        "--ca-file",
-        default=_env(env, "CA_FILE"),
-        help="PEM CA certificates to trust, besides the system's, for HTTPS to the issuer, "
-        "GCP and Azure (a private issuer's CA, the sandbox's CA); AWS reads AWS_CA_BUNDLE",
-    )
-    srv.add_argument("--host", default=_env(env, "HOST", "127.0.0.1"))
-    srv.add_argument(
-        "--port",
-        type=int,
-        default=int(_env(env, "PORT", "0") or 0),
-        help="port to listen on (default: a free one, written to the env file)",
-    )
-    srv.add_argument(
-        "--link-local",
-        action="store_true",
-        help="also accept peers and Host names on 169.254.x (opt-in)",
-    )
-    srv.add_argument(
-        "--allow-uid",
-        action="append",
-        default=[u for u in (_env(env, "ALLOW_UID") or "").split(",") if u.strip()],
-        metavar="UID",
-        help="also answer processes of this Unix user (repeatable; env CREDSIDECAR_ALLOW_UID, "
-        "comma-separated); by default only the sidecar's own user and root are answered",
-    )
-    srv.add_argument(
-        "--any-local-peer",
-        action="store_true",
-        default=_env(env, "ANY_LOCAL_PEER", "") in ("1", "true", "yes"),
-        help="answer every local peer, whatever its Unix user: only where the network "
-        "namespace holds nothing but the job (a Kubernetes pod, a compose service sharing "
-        "the sidecar's network)",
-    )
-    srv.add_argument(
-        "--run-dir",
-        default=_env(env, "RUN_DIR"),
-        help=f"private directory for secrets and the env file (default {default_run_dir()})",
-    )
-    srv.add_argument(
-        "--env-file",
-        default=_env(env, "ENV_FILE"),
-        help="write the job's export/unset lines here, atomically, once ready",
-    )
-    srv.add_argument(
-        "--exit-with", type=int, metavar="PID", help="exit when this process (the job) ends"
-    )
-    srv.add_argument(
-        "--audit-log",
-        default=_env(env, "AUDIT_LOG"),
-        help="audit JSON lines to this file (default stderr)",
-    )
-    srv.add_argument(
-        "--ready-timeout",
-        type=float,
-        default=120.0,
-        help="give up if no credentials are obtained within this many seconds",
-    )
+    run_dir: Path = field(default_factory=default_run_dir)
+    wait: float = 0.0
 
 
 def _uid(text: str) -> int:
     try:
-        uid = int(text.strip())
+        uid = int(text)
     except ValueError:
         uid = -1
     if not 0 <= uid < MAX_UID:
-        raise ConfigError(
-            f"--allow-uid {text.strip()[:40]!r} (or CREDSIDECAR_ALLOW_UID) is not a uid: give a "
-            "number >= 0 (`id -u USER` prints it)"
-        )
+        raise ValueError("is not a uid: give a number >= 0 (`id -u USER` prints it)")
     return uid
 
 
-def from_args(args: argparse.Namespace) -> SidecarConfig:
-    def path(value: str | None) -> Path | None:
-        return Path(value).resolve() if value else None
+UIDS = Kind(_uid, combine=frozenset, repeat=True)
 
-    return SidecarConfig(
-        token_file=path(args.token_file),
-        token_env=args.token_env,
-        token_stdin=args.token_stdin,
-        direct_token_file=path(args.direct_token_file),
-        issuer_url=args.issuer_url,
-        aws_role_arn=args.aws_role_arn,
-        aws_identity=args.aws_identity,
-        aws_audience=args.aws_audience,
-        aws_duration=args.aws_duration,
-        aws_region=args.aws_region,
-        aws_sts_endpoint=args.aws_sts_endpoint,
-        aws_endpoint_url=args.aws_endpoint_url,
-        host=args.host,
-        port=args.port,
-        link_local=args.link_local,
-        allow_uids=frozenset(_uid(text) for text in args.allow_uid),
-        any_local_peer=args.any_local_peer,
-        run_dir=path(args.run_dir) or default_run_dir(),
-        env_file=path(args.env_file),
-        exit_with=args.exit_with,
-        audit_log=args.audit_log,
-        ready_timeout=args.ready_timeout,
-        keep_aws_config=args.keep_aws_config,
-        clouds=frozenset(c.strip() for c in args.clouds.split(",") if c.strip())
-        if args.clouds
-        else None,
-        gcp_identity=args.gcp_identity,
-        gcp_project_id=args.gcp_project_id,
-        gcp_sts_url=args.gcp_sts_url,
-        gcp_iam_url=args.gcp_iam_url,
-        gcp_lifetime=args.gcp_lifetime,
-        azure_identity=args.azure_identity,
-        azure_authority=args.azure_authority,
-        job_env=dict(item.split("=", 1) for item in args.job_env if "=" in item),
-        ca_file=path(args.ca_file),
-    )
+# One line per option, wrapped by hand: the table reads as a list of flags.
+# fmt: off
+SIDECAR_OPTIONS: tuple[Option, ...] = (
+    *group(
+        "launch token (exactly one)",
+        Option("--token-file", PATH, "file holding the launch token; re-read when it changes"),
+        Option("--token-env", TEXT, "environment variable holding the launch token (removed "
+               "after reading)", metavar="VARIABLE"),
+        Option("--token-stdin", SWITCH, "read the launch token from stdin"),
+        Option("--direct-token-file", PATH, "direct mode: present this token file (e.g. a "
+               "projected Kubernetes token) to the clouds as is, without the issuer"),
+        Option("--issuer-url", TEXT, "issuer to exchange at (default: the launch token's iss)"),
+        Option("--clouds", WORDS, "comma-separated clouds to serve, e.g. aws,gcp (default: every "
+               "cloud the launch token carries an identity for)", metavar="LIST"),
+    ),
+    *group(
+        "AWS",
+        Option("--aws-role-arn", TEXT, "role to assume (default: the identity in the launch "
+               "token)"),
+        Option("--aws-identity", TEXT, "name of a granted AWS identity other than the launch's "
+               "default"),
+        Option("--aws-audience", TEXT, "audience for direct mode (default sts.amazonaws.com)"),
+        Option("--aws-duration", INT, "credential lifetime in seconds (default {default})"),
+        Option("--aws-region", TEXT),
+        Option("--aws-sts-endpoint", TEXT, "STS endpoint URL (default: the regional endpoint)"),
+        Option("--aws-endpoint-url", TEXT, "export AWS_ENDPOINT_URL to the job (the sandbox "
+               "uses this)"),
+        Option("--keep-aws-config", SWITCH, "do not point AWS_CONFIG_FILE/"
+               "AWS_SHARED_CREDENTIALS_FILE at /dev/null"),
+    ),
+    *group(
+        "GCP",
+        Option("--gcp-identity", TEXT, "name of a granted GCP identity other than the launch's "
+               "default"),
+        Option("--gcp-project-id", TEXT),
+        Option("--gcp-sts-url", TEXT),
+        Option("--gcp-iam-url", TEXT, "IAM Credentials API base URL"),
+        Option("--gcp-lifetime", INT, "service account access token lifetime in seconds "
+               "(default {default})"),
+    ),
+    *group(
+        "Azure",
+        Option("--azure-identity", TEXT, "name of the granted Azure identity served without a "
+               "selector (default: the launch's default)"),
+        Option("--azure-authority", TEXT, "Entra authority host (default {default})"),
+    ),
+    *group(
+        "serving",
+        Option("--job-env", ASSIGNMENTS, "extra variable to export to the job (the sandbox's "
+               "endpoints and CA)", metavar="NAME=VALUE"),
+        Option("--ca-file", PATH, "PEM CA certificates to trust, besides the system's, for HTTPS "
+               "to the issuer, GCP and Azure (a private issuer's CA, the sandbox's CA); AWS "
+               "reads AWS_CA_BUNDLE"),
+        Option("--host", TEXT),
+        Option("--port", INT, "port to listen on (default: a free one, written to the env "
+               "file)"),
+        Option("--link-local", SWITCH, "also accept peers and Host names on 169.254.x (opt-in)"),
+        Option("--allow-uid", UIDS, "also answer processes of this Unix user (repeatable; "
+               "its variable takes a comma-separated list); by default only the sidecar's own "
+               "user and root are answered", metavar="UID", field="allow_uids"),
+        Option("--any-local-peer", SWITCH, "answer every local peer, whatever its Unix user: only "
+               "where the network namespace holds nothing but the job (a Kubernetes pod, a "
+               "compose service sharing the sidecar's network)"),
+        Option("--run-dir", PATH, "private directory for secrets and the env file (default "
+               "{default})"),
+        Option("--env-file", PATH, "write the job's export/unset lines here, atomically, once "
+               "ready"),
+        Option("--exit-with", INT, "exit when this process (the job) ends", metavar="PID"),
+        Option("--audit-log", TEXT, "audit JSON lines to this file (default stderr)"),
+        Option("--ready-timeout", SECONDS, "give up if no credentials are obtained within this "
+               "many seconds"),
+    ),
+)
+
+ENV_COMMAND_OPTIONS: tuple[Option, ...] = (
+    Option("--run-dir", PATH, "the sidecar's --run-dir (default {default})"),
+    Option("--wait", SECONDS, "wait up to this many seconds for the sidecar to become ready"),
+)
+# fmt: on
+
+
+def add_sidecar_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """`serve`'s flags, each also read from its CREDSIDECAR_* variable in `env`."""
+    add_options(parser, SIDECAR_OPTIONS, SidecarConfig, env)
+
+
+def from_args(args: argparse.Namespace) -> SidecarConfig:
+    """The config from parsed `serve` flags and the variables `add_sidecar_arguments` kept."""
+    return build(SidecarConfig, SIDECAR_OPTIONS, args)
+
+
+def add_env_command_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """`credsidecar env`'s flags, each also read from its CREDSIDECAR_* variable in `env`."""
+    add_options(parser, ENV_COMMAND_OPTIONS, EnvCommandConfig, env)
+
+
+def env_command_from_args(args: argparse.Namespace) -> EnvCommandConfig:
+    return build(EnvCommandConfig, ENV_COMMAND_OPTIONS, args)

@@ -23,11 +23,10 @@ import aiohttp
 from aiohttp import web
 
 from credsidecar.audit import AuditLog
-from credsidecar.clouds.federation import DirectToken, IssuerExchange, TokenSupplier
 from credsidecar.config import RUN_DIR_REMEDY, SidecarConfig
 from credsidecar.endpoints.guards import Guard, PeerPolicy, RefusalLog, allowed_hosts
 from credsidecar.errors import ConfigError
-from credsidecar.jobenv import render
+from credsidecar.jobenv import ENV_FILE_NAME, render
 from credsidecar.launch import (
     EnvTokenSource,
     FileTokenSource,
@@ -35,6 +34,7 @@ from credsidecar.launch import (
     TokenSource,
     read_claims,
 )
+from credsidecar.launch.exchange import DirectToken, IssuerExchange, TokenSupplier
 from credsidecar.private_files import (
     FileId,
     ensure_private_dir,
@@ -56,7 +56,6 @@ __all__ = ["RunningSidecar", "run_sidecar"]
 
 log = logging.getLogger(__name__)
 
-ENV_FILE_NAME = "env"
 # How often the watched job PID is polled where pidfd is not available.
 PID_POLL_SECONDS = 0.5
 
@@ -68,14 +67,15 @@ class RunningSidecar:
     env_text: str
 
 
-def _token_source(config: SidecarConfig) -> TokenSource:
+async def _token_source(config: SidecarConfig) -> TokenSource:
     if config.token_file is not None:
-        return FileTokenSource(config.token_file)
+        return FileTokenSource(config.token_file)  # reads off the loop, at each `read`
     if config.direct_token_file is not None:
         return FileTokenSource(config.direct_token_file)
     if config.token_env is not None:
         return EnvTokenSource(config.token_env)
-    return StaticTokenSource(sys.stdin.read(), "standard input")
+    # A pipe the launcher may write slowly: read to its end off the loop.
+    return StaticTokenSource(await asyncio.to_thread(sys.stdin.read), "standard input")
 
 
 def job_environment(providers: list[Provider], extra: Mapping[str, str] | None = None) -> str:
@@ -142,6 +142,14 @@ def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
+def _remove_files(private: list[Path], env_file: Path | None, env_file_id: FileId | None) -> None:
+    """At exit: the run directory's files, and the --env-file we wrote if it is still ours."""
+    for path in private:
+        path.unlink(missing_ok=True)
+    if env_file is not None and env_file_id is not None:
+        remove_private(env_file, env_file_id)
+
+
 async def run_sidecar(
     config: SidecarConfig,
     stop: asyncio.Event | None = None,
@@ -149,14 +157,16 @@ async def run_sidecar(
 ) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    tls = _tls_context(config.ca_file)  # a bad --ca-file stops here, before anything starts
+    # Start-up I/O runs off the loop, like the rest. A bad --ca-file stops here, before
+    # anything starts (loading CA files, the system's included, reads the disk).
+    tls = await asyncio.to_thread(_tls_context, config.ca_file)
     # Refused before anything is written if another user planted or can reach it.
     run_dir = await asyncio.to_thread(
         ensure_private_dir, config.run_dir, what="run directory", remedy=RUN_DIR_REMEDY
     )
     env_file_id: FileId | None = None  # the --env-file we wrote, removed at exit if still ours
-    audit = AuditLog.open(config.audit_log)
-    source = _token_source(config)
+    audit = await asyncio.to_thread(AuditLog.open, config.audit_log)
+    source = await _token_source(config)
     claims = None if config.direct else read_claims(await source.read())
     who = {"user": claims.user, "run": claims.run} if claims else {"user": "direct", "run": None}
     providers: list[Provider] = []
@@ -197,9 +207,11 @@ async def run_sidecar(
             app = create_sidecar_app(guard, providers)
             async with _serving(app, sock):
                 env_text = job_environment(providers, config.job_env)
-                write_private_atomic(run_dir / ENV_FILE_NAME, env_text)
+                await asyncio.to_thread(write_private_atomic, run_dir / ENV_FILE_NAME, env_text)
                 if config.env_file is not None:
-                    env_file_id = write_private_atomic(config.env_file, env_text)
+                    env_file_id = await asyncio.to_thread(
+                        write_private_atomic, config.env_file, env_text
+                    )
                 described = "; ".join(p.description for p in providers)
                 log.info("sidecar ready at %s for %s", url, described)
                 audit.event("sidecar.ready", **who, url=url, providers=[p.name for p in providers])
@@ -223,11 +235,9 @@ async def run_sidecar(
                 with contextlib.suppress(RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
             private = [run_dir / ENV_FILE_NAME, run_dir / AWS_TOKEN_FILE_NAME]
-            for path in private + [f for p in providers for f in p.private_files]:
-                path.unlink(missing_ok=True)
-            if config.env_file is not None and env_file_id is not None:
-                remove_private(config.env_file, env_file_id)
+            private += [f for p in providers for f in p.private_files]
+            await asyncio.to_thread(_remove_files, private, config.env_file, env_file_id)
             refusals.flush()  # a last "N refusals suppressed" is not lost at exit
             audit.event("sidecar.stopped", **who)
-            audit.close()
+            await asyncio.to_thread(audit.close)
     return 0

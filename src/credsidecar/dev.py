@@ -24,10 +24,11 @@ from typing import Any
 from credsidecar.config import SidecarConfig
 from credsidecar.daemon import run_sidecar
 from credsidecar.issuer.config import IssuerConfig, load_config
-from credsidecar.issuer.example import free_port, write_example
+from credsidecar.issuer.example import write_example
 from credsidecar.issuer.runner import open_service, serve
 from credsidecar.issuer.service import LaunchRequest
 from credsidecar.jobenv import write_private_atomic
+from credsidecar.listen import bind_loopback, port_of
 from credsidecar.sandbox.runner import Sandbox, start_sandbox
 
 __all__ = ["run_dev", "run_sandbox"]
@@ -35,22 +36,30 @@ __all__ = ["run_dev", "run_sandbox"]
 
 def _mint(config: IssuerConfig, user: str, run: str) -> tuple[str, dict[str, list[str]]]:
     with open_service(config) as service:
-        minted = service.mint(LaunchRequest(user=user, run=run, workspace="genomics"), "dev")
+        minted = service.tokens.mint(LaunchRequest(user=user, run=run, workspace="genomics"), "dev")
     return minted.token, dict(minted.identities)
 
 
 async def _start_issuer(
     workdir: Path, stop: asyncio.Event
 ) -> tuple[IssuerConfig, str, asyncio.Task[None]]:
-    config_path, api_key = write_example(workdir, free_port())
-    config = load_config(config_path)
-    write_private_atomic(workdir / "platform-api-key", api_key)
+    # The issuer's URL names its port, so the port is bound before the config is written and
+    # the bound socket is handed to the issuer (never closed in between, so never taken).
+    sock = bind_loopback()
+    try:
+        config_path, api_key = write_example(workdir, port_of(sock))
+        config = load_config(config_path)
+        write_private_atomic(workdir / "platform-api-key", api_key)
+    except BaseException:
+        sock.close()
+        raise
     ready = asyncio.Event()
-    task = asyncio.create_task(serve(config, ready=ready, stop=stop))
+    task = asyncio.create_task(serve(config, ready=ready, stop=stop, sock=sock))
     ready_wait = asyncio.create_task(ready.wait())
     await asyncio.wait([task, ready_wait], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         ready_wait.cancel()
+        sock.close()  # the issuer never listened on it
         await task  # raises the start-up error
     return config, api_key, task
 
@@ -111,14 +120,14 @@ async def run_dev(args: argparse.Namespace) -> int:
                 env_file = Path.cwd() / env_file
             sidecar_config = SidecarConfig(
                 token_file=token_file,
-                aws_sts_endpoint=sandbox.sts_url,
+                aws_sts_endpoint=sandbox.aws.sts_url,
                 gcp_sts_url=sandbox.gcp.sts_url,
                 gcp_iam_url=sandbox.gcp.iam_url,
                 job_env=sandbox.job_env(),
                 clouds=frozenset({"aws", "gcp", "azure"}),
                 azure_authority=sandbox.azure.authority_url,
                 ca_file=Path(sandbox.azure.ca_file),
-                aws_endpoint_url=sandbox.moto.url,
+                aws_endpoint_url=sandbox.aws.moto.url,
                 aws_duration=args.aws_duration,
                 run_dir=workdir / "run",
                 env_file=env_file,

@@ -10,12 +10,16 @@
     ├── PayloadTooLarge         413 request_too_large
     ├── LimitExceeded           422 limit_exceeded: a cloud limit would be broken by what we sign
     ├── Unavailable             503 temporarily_unavailable: retryable upstream or local trouble
+    ├── HpcApiError             the issuer's HPC API refused a call (`hpc` commands): its HTTP
+    │                           status; retryable for 5xx, 408 and 429
     └── ConfigError             a configuration or policy file is wrong (never sent over HTTP)
 
 Messages are one sentence naming the offending thing and the way out; they never contain secrets.
 
 `answer_status` is the one mapping every sidecar endpoint uses when it has no credentials to
-serve: the same refusal gets the same status from every cloud's endpoints.
+serve: the same refusal gets the same status from every cloud's endpoints. The issuer answers
+with each error's own status and body (`issuer/http_common.py`'s `error_response`, the one
+mapping for its API and its HPC API).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "ConfigError",
     "CredsidecarError",
     "Forbidden",
+    "HpcApiError",
     "InvalidGrant",
     "InvalidTarget",
     "LimitExceeded",
@@ -107,6 +112,19 @@ class Unavailable(CredsidecarError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class HpcApiError(CredsidecarError):
+    """The issuer's HPC API answered `status`; the message carries the issuer's explanation.
+    (Not reaching the issuer at all is Unavailable, from the HTTP helper.)"""
+
+    code = "hpc_api_error"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        # The issuer may answer otherwise later: its own trouble, a timeout, a rate limit.
+        self.retryable = status >= 500 or status in (408, 429)
 
 
 def answer_status(exc: CredsidecarError) -> tuple[int, dict[str, str]]:

@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 # Re-exported for callers that write the job's files; private_files.py owns the safety rules.
 from credsidecar.private_files import write_private_atomic
 
-__all__ = ["AWS_UNSET", "AZURE_UNSET", "GCP_UNSET", "render", "write_private_atomic"]
+__all__ = [
+    "AWS_UNSET", "AZURE_UNSET", "ENV_FILE_NAME", "GCP_UNSET", "render", "write_private_atomic",
+]  # fmt: skip
+
+# The file in the run directory that `credsidecar env` prints; here (not in daemon.py) so that
+# command, run at the start of every job, imports no server code.
+ENV_FILE_NAME = "env"
 
 AWS_UNSET = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",

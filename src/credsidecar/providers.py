@@ -22,9 +22,8 @@ from credsidecar.audit import AuditLog
 from credsidecar.cache import CredentialCache
 from credsidecar.cache_family import CacheFamily
 from credsidecar.clouds.aws import AwsCredentials, AwsExchanger, AwsSettings, role_session_name
-from credsidecar.clouds.azure import AUDIENCE as AZURE_AUDIENCE
 from credsidecar.clouds.azure import AzureExchanger, AzureIdentityRef, AzureToken
-from credsidecar.clouds.federation import TokenSupplier
+from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE
 from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpExchanger, GcpIdToken, GcpSettings, GcpToken
 from credsidecar.config import SidecarConfig
 from credsidecar.endpoints.aws import CONTAINER_PATH, AwsEndpoints
@@ -39,6 +38,8 @@ from credsidecar.endpoints.guards import Guard, PeerPolicy, RefusalLog
 from credsidecar.errors import ConfigError
 from credsidecar.jobenv import AWS_UNSET, AZURE_UNSET, GCP_UNSET, write_private_atomic
 from credsidecar.launch import LaunchClaims
+from credsidecar.launch.exchange import TokenSupplier
+from credsidecar.launch.grants import AwsGrant, AzureGrant, GcpGrant, GrantT
 
 __all__ = ["Context", "Provider", "build_aws", "build_azure", "build_gcp"]
 
@@ -80,40 +81,37 @@ class Provider:
     private_files: list[Path] = field(default_factory=list)
 
 
-def _descriptor(ctx: Context, provider: str, name: str | None) -> dict[str, object] | None:
+def _granted(ctx: Context, kind: type[GrantT], name: str | None) -> GrantT | None:
+    """The launch token's grant of `kind` called `name` (--aws-identity...), else its default."""
     if ctx.claims is None:
         return None
-    found = ctx.claims.identity(provider, name)
+    found = ctx.claims.grants.get(kind, name)
     if name and found is None:
-        names = [d.get("name") for d in ctx.claims.identities.get(provider, [])]
         raise ConfigError(
-            f"{provider} identity {name!r} is not in the launch token of {ctx.claims.who} "
-            f"(it carries {names or 'none'})"
+            f"{kind.provider} identity {name!r} is not in the launch token of {ctx.claims.who} "
+            f"(it carries {ctx.claims.grants.names(kind.provider) or 'none'})"
         )
-    return dict(found) if found else None
+    return found
 
 
 async def build_aws(ctx: Context) -> Provider | None:
     config = ctx.config
-    descriptor = _descriptor(ctx, "aws", config.aws_identity) or {}
-    role = config.aws_role_arn or descriptor.get("role_arn")
+    grant = _granted(ctx, AwsGrant, config.aws_identity)
+    role = config.aws_role_arn or (grant.role_arn if grant else None)
     if not role:
         return None
     user = ctx.claims.user if ctx.claims else "direct"
     settings = AwsSettings(
-        role_arn=str(role),
-        audience=config.aws_audience or str(descriptor.get("audience", "sts.amazonaws.com")),
-        identity_name=str(descriptor["name"]) if "name" in descriptor else None,
+        role_arn=role,
+        audience=config.aws_audience or (grant.audience if grant else AWS_DEFAULT_AUDIENCE),
+        identity_name=grant.name if grant else None,
         session_name=role_session_name(user, ctx.claims.run if ctx.claims else None),
         duration=config.aws_duration,
         region=config.aws_region,
         sts_endpoint=config.aws_sts_endpoint,
-        session_policy=str(descriptor["session_policy"])
-        if "session_policy" in descriptor
-        else None,
+        session_policy=grant.session_policy if grant else None,
     )
-    # boto3 reads files while creating a client: off the event loop.
-    exchanger = await asyncio.to_thread(AwsExchanger, settings, ctx.supplier, ctx.who_text)
+    exchanger = AwsExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
 
     def obtained(creds: AwsCredentials) -> None:
         ctx.audit.event("credentials.obtained", **ctx.who, provider="aws", role=creds.role_arn,
@@ -165,20 +163,15 @@ async def build_aws(ctx: Context) -> Provider | None:
 
 async def build_gcp(ctx: Context) -> Provider | None:
     config = ctx.config
-    descriptor = _descriptor(ctx, "gcp", config.gcp_identity)
-    if descriptor is None:
+    grant = _granted(ctx, GcpGrant, config.gcp_identity)
+    if grant is None:
         return None
-
-    def text(key: str) -> str | None:
-        value = descriptor.get(key)
-        return str(value) if value else None
-
     settings = GcpSettings(
-        audience=str(descriptor["audience"]),
-        identity_name=text("name"),
-        service_account=text("service_account"),
-        project_id=config.gcp_project_id or text("project_id"),
-        project_number=text("project_number"),
+        audience=grant.audience,
+        identity_name=grant.name,
+        service_account=grant.service_account,
+        project_id=config.gcp_project_id or grant.project_id,
+        project_number=grant.project_number,
         sts_url=config.gcp_sts_url,
         iam_url=config.gcp_iam_url,
         lifetime=config.gcp_lifetime,
@@ -245,21 +238,14 @@ async def build_azure(ctx: Context) -> Provider | None:
     if ctx.claims is None:
         return None
     identities = [
-        AzureIdentityRef(
-            name=str(d["name"]),
-            tenant_id=str(d["tenant_id"]),
-            client_id=str(d["client_id"]),
-            audience=str(d.get("audience") or AZURE_AUDIENCE),
-            object_id=str(d["object_id"]) if d.get("object_id") else None,
-            resource_id=str(d["resource_id"]) if d.get("resource_id") else None,
-        )
-        for d in ctx.claims.identities.get("azure", [])
+        AzureIdentityRef(g.name, g.tenant_id, g.client_id, g.audience, g.object_id, g.resource_id)
+        for g in ctx.claims.grants.azure
     ]
     if not identities:
         return None
-    default = _descriptor(ctx, "azure", config.azure_identity)
+    default = _granted(ctx, AzureGrant, config.azure_identity)
     if default is not None:  # the identity served when the SDK names none goes first
-        identities.sort(key=lambda i: i.name != default.get("name"))
+        identities.sort(key=lambda i: i.name != default.name)
     by_name = {i.name: i for i in identities}
     exchanger = AzureExchanger(ctx.supplier, ctx.session, ctx.who_text, config.azure_authority)
 

@@ -6,12 +6,12 @@ import aiohttp
 import jwt as pyjwt
 import pytest
 
-from credsidecar.clouds.federation import FederatedToken, IssuerExchange
 from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpExchanger, GcpSettings
 from credsidecar.errors import BadRequest, Forbidden, Unavailable
-from credsidecar.issuer.example import free_port
 from credsidecar.launch import StaticTokenSource
-from credsidecar.sandbox.gcp_runner import GcpSandbox
+from credsidecar.launch.exchange import FederatedToken, IssuerExchange
+from credsidecar.listen import bind_loopback, port_of
+from credsidecar.sandbox.gcp.runner import GcpSandbox
 from credsidecar.sandbox.seed import GCP_AUDIENCE
 from tests.sandbox.conftest import ServedIssuer
 
@@ -97,10 +97,11 @@ async def test_revoked_run_is_refused_by_the_issuer(
 async def test_unreachable_issuer_is_a_retryable_error(
     gcp: GcpSandbox, http: aiohttp.ClientSession
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    supplier = IssuerExchange(dead, StaticTokenSource("a.b.c"), http)
-    ex = GcpExchanger(GcpSettings(audience=GCP_AUDIENCE, sts_url=gcp.sts_url), supplier, http,
-                      "user alice (run r)")  # fmt: skip
-    with pytest.raises(Unavailable, match=f"issuer {dead} is unreachable") as info:
-        await ex.access_token([CLOUD_PLATFORM])
+    with bind_loopback() as held:  # bound, never listening: connections to it are refused
+        dead = f"http://127.0.0.1:{port_of(held)}"
+        supplier = IssuerExchange(dead, StaticTokenSource("a.b.c"), http)
+        ex = GcpExchanger(GcpSettings(audience=GCP_AUDIENCE, sts_url=gcp.sts_url), supplier, http,
+                          "user alice (run r)")  # fmt: skip
+        with pytest.raises(Unavailable, match=f"issuer {dead} is unreachable") as info:
+            await ex.access_token([CLOUD_PLATFORM])
     assert info.value.retryable

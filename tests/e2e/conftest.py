@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.processes import IssuerProcess, SandboxProcess, stop_process
+from tests.support.processes import stop_process
+from tests.support.stack import IssuerProcess, SandboxProcess
 
 
 @pytest.fixture(scope="module")

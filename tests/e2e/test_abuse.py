@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.processes import IssuerProcess, SandboxProcess, SidecarProcess
+from tests.support.stack import IssuerProcess, SandboxProcess, SidecarProcess
 
 CLIENT = Path(__file__).parent / "clients" / "abuse_client.py"
 SEED = int(os.environ.get("CREDSIDECAR_ABUSE_SEED", "20261129"))

@@ -21,18 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.processes import (
-    CLI,
-    IssuerProcess,
-    SandboxProcess,
-    SidecarProcess,
-    apply_shell_env,
-    run_client,
-    start,
-    stop_process,
-    wait_for,
-)
-from tests.support.processes import reaped, spawn
+from tests.support.jobenv import apply_shell_env
+from tests.support.processes import CLI, reaped, spawn, start, stop_process, wait_for
+from tests.support.stack import IssuerProcess, SandboxProcess, SidecarProcess, run_client
 from tests.support.timing import scaled
 
 BOTO3_CLIENT = [sys.executable, str(Path(__file__).parent / "clients" / "boto3_s3.py")]

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import processes
-from tests.e2e.processes import IssuerProcess, SandboxProcess, SidecarProcess, wait_for
+from tests.support import stack as stack_module
 from tests.support.processes import start as start_process
+from tests.support.processes import wait_for
+from tests.support.stack import IssuerProcess, SandboxProcess, SidecarProcess
 from tests.support.timing import scaled
 
 FD_LIMIT = 1024
@@ -39,7 +40,7 @@ def flooded(
 ) -> SidecarProcess:
     issuer, sandbox = stack
     token = issuer.mint("alice", f"fd-limit-{os.getpid()}")["token"]
-    monkeypatch.setattr(processes, "start", _start_with_low_fd_limit)
+    monkeypatch.setattr(stack_module, "start", _start_with_low_fd_limit)
     return SidecarProcess(tmp_path / "sidecar", token, sandbox, "--aws-duration", DURATION)
 
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.processes import CLI, apply_shell_env, run_client, stop_process, wait_for
+from tests.support.jobenv import apply_shell_env
+from tests.support.processes import CLI, stop_process, wait_for
+from tests.support.stack import run_client
 
 AWS = str(Path(sys.executable).parent / "aws")
 

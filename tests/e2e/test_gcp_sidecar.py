@@ -16,15 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.processes import (
-    IssuerProcess,
-    SandboxProcess,
-    SidecarProcess,
-    run_client,
-    wait_for,
-)
 from tests.e2e.test_aws_sidecar import _status
-from tests.support.processes import reaped, spawn
+from tests.support.processes import reaped, spawn, wait_for
+from tests.support.stack import IssuerProcess, SandboxProcess, SidecarProcess, run_client
 from tests.support.timing import scaled
 
 GOOGLE_CLIENT = [sys.executable, str(Path(__file__).parent / "clients" / "google_clients.py")]

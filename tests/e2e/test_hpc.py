@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from tests.e2e.processes import CLI, IssuerProcess
+from credsidecar.listen import bind_loopback, port_of
 from tests.hpc.sshd import (
     ACCOUNTS,
     SHARED_GROUP,
@@ -39,6 +39,8 @@ from tests.hpc.sshd import (
     set_bashrc,
     start_sshd,
 )
+from tests.support.processes import CLI
+from tests.support.stack import IssuerProcess
 from tests.support.timing import scaled
 
 _runs = iter(range(1_000_000))
@@ -367,23 +369,11 @@ def test_untrusted_host_and_closed_port_are_explained(hpc: Hpc) -> None:
     assert made.returncode == 0, made.stderr
     done = hpc.cli("run", "--cluster", "spoofed", "--", "true", token=hpc.launch("alice"))
     assert done.returncode != 0 and "host key is not trusted" in done.stderr
-    from tests.hpc.sshd import free_port
-
-    made = hpc.cli(
-        "cluster",
-        "add",
-        "down",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-        "--host-key",
-        str(wrong_key),
-        "--username",
-        "alice=csalice",
-        member="carol",
-    )
-    done = hpc.cli("run", "--cluster", "down", "--", "true", token=hpc.launch("alice"))
+    with bind_loopback() as down:  # bound, never listening: connections are refused
+        made = hpc.cli("cluster", "add", "down", "--host", "127.0.0.1", "--port",
+                       str(port_of(down)), "--host-key", str(wrong_key),
+                       "--username", "alice=csalice", member="carol")  # fmt: skip
+        done = hpc.cli("run", "--cluster", "down", "--", "true", token=hpc.launch("alice"))
     assert done.returncode != 0 and "connection refused" in done.stderr
     # A port that accepts connections but never speaks SSH.
     with socket.socket() as silent:

@@ -19,9 +19,9 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 
-from tests.e2e.processes import CLI, IssuerProcess, wait_for
 from tests.e2e.tls import make_ca_and_cert
-from tests.support.processes import reaped, spawn
+from tests.support.processes import CLI, reaped, spawn, wait_for
+from tests.support.stack import IssuerProcess
 from tests.support.timing import scaled
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.processes import IssuerProcess, SandboxProcess, SidecarProcess
+from tests.support.stack import IssuerProcess, SandboxProcess, SidecarProcess
 from tests.support.timing import scaled
 
 NOBODY = 65534

@@ -17,9 +17,9 @@ from credsidecar.cache import CredentialCache
 from credsidecar.clouds.contracts import AwsCredentials
 from credsidecar.endpoints.aws import AwsEndpoints
 from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
-from credsidecar.issuer.example import free_port
 from credsidecar.providers import Provider
 from credsidecar.server import create_sidecar_app
+from tests.support.ports import held_port
 
 SECRET = "container-secret-for-tests"
 
@@ -76,7 +76,7 @@ async def sidecar(aiohttp_client: Callable[..., Any]) -> Sidecar:
     upstream, mono, stream = Upstream(), Mono(), io.StringIO()
     audit = AuditLog(stream)
     cache: CredentialCache[AwsCredentials] = CredentialCache("AWS (user alice)", upstream.fetch)
-    port = free_port()
+    port, server_kwargs = held_port()
     refusal_mono = Mono()
     guard = Guard(allowed_hosts(port), RefusalLog(audit, mono=refusal_mono))
     who = {"user": "alice", "run": "r1"}
@@ -92,5 +92,5 @@ async def sidecar(aiohttp_client: Callable[..., Any]) -> Sidecar:
         close=cache.close,
     )
     app = create_sidecar_app(guard, [provider])
-    client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
+    client = await aiohttp_client(app, server_kwargs=server_kwargs)
     return Sidecar(client, cache, upstream, stream, mono, port, refusal_mono)

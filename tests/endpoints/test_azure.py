@@ -24,9 +24,9 @@ from credsidecar.endpoints.azure import (
 )
 from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.errors import Forbidden, Unavailable
-from credsidecar.issuer.example import free_port
 from tests.support import raw_http
-from tests.support.manual_clock import ManualClock
+from tests.support.clock import FakeClock
+from tests.support.ports import held_port
 
 SECRET = "identity-header-secret"
 TENANT = "00000000-0000-4000-8000-000000000001"
@@ -41,7 +41,7 @@ STORAGE_KEY = "https://storage.azure.com"  # the one cache key for every spellin
 
 @dataclass
 class FakeEntra:
-    clock: ManualClock
+    clock: FakeClock
     asked: list[tuple[str, str]] = field(default_factory=list)
     error: Exception | None = None
 
@@ -59,25 +59,25 @@ class Azure:
     client: TestClient
     entra: FakeEntra
     audit: io.StringIO
-    clock: ManualClock
+    clock: FakeClock
 
 
 @pytest.fixture
 async def azure(aiohttp_client: Callable[..., Any]) -> AsyncIterator[Azure]:
-    clock = ManualClock()
+    clock = FakeClock()
     entra, stream = FakeEntra(clock), io.StringIO()
     audit = AuditLog(stream)
     # give_up_after=0: a failed first fetch is answered at once, not retried.
     tokens: CacheFamily[tuple[str, str], AzureToken] = CacheFamily(
         "Azure", entra.fetch, 0, wall=clock.wall, mono=clock.mono, sleep=clock.sleep
     )
-    port = free_port()
+    port, server_kwargs = held_port()
     guard = Guard(allowed_hosts(port), RefusalLog(audit), decorate=with_error_fields)
     endpoints = AzureEndpoints(tokens, [ALICE, SHARED], SECRET, guard, audit,
                                {"user": "alice", "run": "r1"}, wall=clock.wall)  # fmt: skip
     app = web.Application()
     app.add_routes(guard.routes(endpoints.routes()))
-    client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
+    client = await aiohttp_client(app, server_kwargs=server_kwargs)
     yield Azure(client, entra, stream, clock)
     await tokens.close()
 

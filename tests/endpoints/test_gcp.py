@@ -24,9 +24,9 @@ from credsidecar.endpoints.gcp import (
 )
 from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.errors import Forbidden, Unavailable
-from credsidecar.issuer.example import free_port
 from tests.support import raw_http
-from tests.support.manual_clock import ManualClock
+from tests.support.clock import FakeClock
+from tests.support.ports import held_port
 
 SA = "alice@sandbox-project.iam.gserviceaccount.com"
 V1 = "/computeMetadata/v1"
@@ -60,11 +60,11 @@ async def client(aiohttp_client: Callable[..., Any], fake: FakeGcp) -> TestClien
     ids: CacheFamily[str, GcpIdToken] = CacheFamily("GCP ID", fake.id_token, 5)
     endpoints = GcpEndpoints(tokens, ids, SA, "sandbox-project", "123456", audit,
                              {"user": "alice", "run": "r1"})  # fmt: skip
-    port = free_port()
+    port, server_kwargs = held_port()
     guard = Guard(allowed_hosts(port), RefusalLog(audit), decorate=add_flavor)
     app = web.Application()
     app.add_routes(guard.routes(endpoints.routes()))
-    return await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
+    return await aiohttp_client(app, server_kwargs=server_kwargs)
 
 
 async def test_ping_answers_without_the_flavor_header(client: TestClient) -> None:
@@ -213,7 +213,7 @@ async def test_overlong_or_too_many_scopes_and_overlong_audiences_are_refused(
 class ClockedFake(FakeGcp):
     """Expiries on a clock the test moves."""
 
-    clock: ManualClock = field(default_factory=ManualClock)
+    clock: FakeClock = field(default_factory=FakeClock)
 
     async def access_token(self, scopes: tuple[str, ...]) -> GcpToken:
         self.token_requests.append(scopes)
@@ -227,7 +227,7 @@ class ClockedFake(FakeGcp):
 class ClockedGcp:
     client: TestClient
     fake: ClockedFake
-    clock: ManualClock
+    clock: FakeClock
 
 
 @pytest.fixture
@@ -243,11 +243,11 @@ async def clocked(aiohttp_client: Callable[..., Any]) -> AsyncIterator[ClockedGc
     audit = AuditLog(io.StringIO())
     endpoints = GcpEndpoints(tokens, ids, SA, "sandbox-project", "123456", audit,
                              {"user": "alice", "run": "r1"}, wall=clock.wall)  # fmt: skip
-    port = free_port()
+    port, server_kwargs = held_port()
     guard = Guard(allowed_hosts(port), RefusalLog(audit), decorate=add_flavor)
     app = web.Application()
     app.add_routes(guard.routes(endpoints.routes()))
-    client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
+    client = await aiohttp_client(app, server_kwargs=server_kwargs)
     yield ClockedGcp(client, fake, clock)
     await tokens.close()
     await ids.close()

@@ -28,9 +28,9 @@ from credsidecar.endpoints.guards import (
 )
 from credsidecar.endpoints.peers import ConnectionPeers, PeerUnknown
 from credsidecar.errors import ConfigError
-from credsidecar.issuer.example import free_port
 from credsidecar.server import create_sidecar_app
 from tests.endpoints.conftest import SECRET, Sidecar
+from tests.support.ports import held_port
 
 
 @pytest.mark.parametrize(
@@ -115,10 +115,10 @@ def serve(aiohttp_client: Callable[..., Any]) -> Serve:
     """The sidecar app (health routes only) behind a guard with the given peer policy."""
 
     async def start(policy: PeerPolicy) -> tuple[TestClient, io.StringIO]:
-        stream, port = io.StringIO(), free_port()
+        stream, (port, server_kwargs) = io.StringIO(), held_port()
         guard = Guard(allowed_hosts(port), RefusalLog(AuditLog(stream)), peers=policy)
         app = create_sidecar_app(guard, [])
-        client = await aiohttp_client(app, server_kwargs={"port": port, "host": "127.0.0.1"})
+        client = await aiohttp_client(app, server_kwargs=server_kwargs)
         return client, stream
 
     return start

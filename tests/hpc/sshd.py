@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from tests.support.ports import candidate_port, start_on_candidate_ports
 from tests.support.timing import scaled
 
 SSHD = Path("/usr/sbin/sshd")
@@ -77,12 +78,6 @@ def authorize_key(linux: str, public_key: str) -> None:
         shutil.chown(path, linux, linux)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Sshd:
     directory: Path
@@ -122,42 +117,53 @@ def start_sshd(directory: Path, trusted_user_ca: str) -> Sshd:
     key_file = directory / "ssh_host_ed25519_key"
     key_file.write_bytes(host_key.export_private_key())
     key_file.chmod(0o600)
-    port = free_port()
     host_cert = host_ca.generate_host_certificate(
         host_key, "test login node", principals=["127.0.0.1", "localhost"]
     )
     (directory / "ssh_host_ed25519_key-cert.pub").write_bytes(host_cert.export_certificate())
     (directory / "trusted_user_ca.pub").write_text(trusted_user_ca.strip() + "\n")
     config = directory / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {key_file}",
-                f"HostCertificate {directory / 'ssh_host_ed25519_key-cert.pub'}",
-                f"TrustedUserCAKeys {directory / 'trusted_user_ca.pub'}",
-                "AuthorizedKeysFile .ssh/authorized_keys",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "PermitRootLogin no",
-                f"PidFile {directory / 'sshd.pid'}",
-                "LogLevel VERBOSE",
-                "",
-            ]
-        )
-    )
     log = directory / "sshd.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=out, stderr=out)
-    deadline = time.monotonic() + scaled(15)
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"sshd did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
+    ports = [candidate_port()]  # sshd names its port in its config: see tests.support.ports
+
+    def launch() -> tuple[int, subprocess.Popen[bytes]]:
+        port = ports[-1]
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {key_file}",
+                    f"HostCertificate {directory / 'ssh_host_ed25519_key-cert.pub'}",
+                    f"TrustedUserCAKeys {directory / 'trusted_user_ca.pub'}",
+                    "AuthorizedKeysFile .ssh/authorized_keys",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "PermitRootLogin no",
+                    f"PidFile {directory / 'sshd.pid'}",
+                    "LogLevel VERBOSE",
+                    "",
+                ]
+            )
+        )
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(config)], stdout=out, stderr=out
+            )
+        deadline = time.monotonic() + scaled(15)
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                raise AssertionError(f"sshd did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        return port, proc
+
+    port, proc = start_on_candidate_ports(launch, log, ports.append)
     return Sshd(directory, port, host_key, host_ca, proc)

@@ -9,7 +9,7 @@ import asyncssh
 import pytest
 
 from credsidecar.errors import ConfigError
-from credsidecar.hpc.cli import _write_cert_files
+from credsidecar.hpc.commands import _write_cert_files
 
 
 def _issued() -> dict[str, Any]:

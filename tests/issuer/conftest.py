@@ -1,4 +1,5 @@
-"""An issuer built in-process from the example policy, with an injectable clock."""
+"""An issuer built in-process from the example policy, with an injectable clock, composed the
+way the runner composes it (assembly.py)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,18 @@ from pathlib import Path
 import pytest
 
 from credsidecar.audit import AuditLog
+from credsidecar.issuer.assembly import Issuer, assemble
 from credsidecar.issuer.config import IssuerConfig, load_config
 from credsidecar.issuer.example import write_example
 from credsidecar.issuer.keys import KeyRing
 from credsidecar.issuer.policy_watch import PolicyHolder
-from credsidecar.issuer.service import IssuerService
 from credsidecar.issuer.store import Store
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 
 @dataclass
 class IssuerFixture:
-    service: IssuerService
+    service: Issuer
     config: IssuerConfig
     api_key: str
     directory: Path
@@ -44,7 +45,7 @@ def issuer(tmp_path: Path, clock: FakeClock) -> Iterator[IssuerFixture]:
     store = Store(config.database)
     keys = KeyRing(config.key_dir, store, config.key_algorithm, clock)
     holder = PolicyHolder(config.policy_path, audit)
-    service = IssuerService(config, store, keys, holder, audit, clock)
+    service = assemble(config, store, keys, holder, audit, clock)
     yield IssuerFixture(service, config, api_key, tmp_path, clock)
     store.close()
     audit.close()

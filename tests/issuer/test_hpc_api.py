@@ -40,9 +40,14 @@ class Api:
         return str((await mint(self.client, self.issuer, user=user, run=run, **extra))["token"])
 
 
-@pytest.fixture
-def member_keys(issuer: IssuerFixture, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+@pytest.fixture(autouse=True)
+def kek(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issuer reads its key-encryption key when it starts: set before `issuer` is built."""
     monkeypatch.setenv("CREDSIDECAR_HPC_KEK", base64.b64encode(b"k" * 32).decode())
+
+
+@pytest.fixture
+def member_keys(issuer: IssuerFixture) -> dict[str, str]:
     keys = {}
     for user in ("alice", "bob", "carol"):
         key, digest = new_user_key()

@@ -13,7 +13,7 @@ import pytest
 
 from credsidecar.issuer.keys import KeyRing
 from credsidecar.issuer.store import Store
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 
 def rfc7638_thumbprint(jwk: dict[str, str]) -> str:

@@ -24,7 +24,9 @@ def test_too_many_session_tags_refuse_the_exchange(issuer: IssuerFixture) -> Non
         'role_arn = "arn:aws:iam::123456789012:role/alice-data"',
         f'role_arn = "arn:aws:iam::123456789012:role/alice-data"\nsession_tags = {{ {tags} }}',
     )
-    minted = issuer.service.mint(LaunchRequest(user="alice", run="r", workspace="genomics"), "t")
+    minted = issuer.service.tokens.mint(
+        LaunchRequest(user="alice", run="r", workspace="genomics"), "t"
+    )
     form = {
         "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
         "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
@@ -33,7 +35,7 @@ def test_too_many_session_tags_refuse_the_exchange(issuer: IssuerFixture) -> Non
     }
     before = issuer.service.store.key_records()[0].last_exp
     with pytest.raises(LimitExceeded, match="51 AWS session tags"):
-        issuer.service.exchange(form)
+        issuer.service.tokens.exchange(form)
     # Nothing was signed: the key's record of its latest token did not move.
     assert issuer.service.store.key_records()[0].last_exp == before
 
@@ -47,7 +49,7 @@ def test_oversize_token_is_refused(issuer: IssuerFixture) -> None:
     )
     before = issuer.service.store.key_records()[0].last_exp
     with pytest.raises(LimitExceeded, match="characters; AWS accepts at most 20000"):
-        issuer.service.mint(LaunchRequest(user="alice", run="r", workspace="genomics"), "t")
+        issuer.service.tokens.mint(LaunchRequest(user="alice", run="r", workspace="genomics"), "t")
     assert issuer.service.store.key_records()[0].last_exp == before
 
 

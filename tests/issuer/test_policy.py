@@ -106,11 +106,14 @@ identities = ["c1"]
     )
     assert names(policy.granted("alice", "lab", None, "hpc")) == ["c1"]
     assert names(policy.granted("bob", "lab", None, "hpc")) == []
-    descriptor = policy.identities["hpc"]["c1"].descriptor("alice")
-    assert descriptor == {
+    claim = policy.identities["hpc"]["c1"].grant("alice").to_claim()
+    assert claim == {
         "name": "c1", "scheduler": "slurm", "host": "login.example.org", "port": 22,
         "username": "alice01",
     }  # fmt: skip
+    # A user the cluster has no account for gets no grant, rather than one without a username.
+    with pytest.raises(Forbidden, match="'bob' has no Linux username on HPC cluster 'c1'"):
+        policy.identities["hpc"]["c1"].grant("bob")
 
 
 def test_membership_is_checked() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from credsidecar.errors import ConfigError, Unavailable
 from credsidecar.launch import EnvTokenSource, FileTokenSource, StaticTokenSource, read_claims
+from credsidecar.launch.grants import AwsGrant
 
 
 async def test_file_source_rereads_a_rotated_file(tmp_path: Path) -> None:
@@ -63,8 +64,8 @@ def test_read_claims_gives_user_run_and_identities() -> None:
     assert (claims.user, claims.run, claims.issuer, claims.expires_at) == (
         "alice", "r1", "https://id.example", 5,
     )  # fmt: skip
-    assert claims.identity("aws") == {"name": "a", "role_arn": "arn:aws:iam::1:role/a"}
-    assert claims.identity("aws", "other") is None
+    assert claims.grants.get(AwsGrant) == AwsGrant(name="a", role_arn="arn:aws:iam::1:role/a")
+    assert claims.grants.get(AwsGrant, "other") is None
     assert claims.who == "user alice (run r1)"
 
 

@@ -18,10 +18,11 @@ from aiohttp import web
 
 from credsidecar.issuer.app import create_app
 from credsidecar.issuer.config import load_config
-from credsidecar.issuer.example import free_port, write_example
+from credsidecar.issuer.example import write_example
 from credsidecar.issuer.runner import open_service
-from credsidecar.sandbox.azure_runner import AzureSandbox, start_azure_sandbox
-from credsidecar.sandbox.gcp_runner import GcpSandbox, start_gcp_sandbox
+from credsidecar.listen import bind_loopback, port_of
+from credsidecar.sandbox.azure.runner import AzureSandbox, start_azure_sandbox
+from credsidecar.sandbox.gcp.runner import GcpSandbox, start_gcp_sandbox
 from credsidecar.sandbox.seed import GCP_AUDIENCE
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -78,15 +79,16 @@ class ServedIssuer:
 
 @pytest.fixture
 async def issuer(tmp_path: Path) -> AsyncIterator[ServedIssuer]:
-    port = free_port()
-    config_path, api_key = await asyncio.to_thread(write_example, tmp_path, port)
-    config = await asyncio.to_thread(load_config, config_path)
+    sock = bind_loopback()  # held until the issuer listens on it (its URL names the port)
     with contextlib.ExitStack() as stack:
+        stack.callback(sock.close)  # a no-op once the site closed it
+        config_path, api_key = await asyncio.to_thread(write_example, tmp_path, port_of(sock))
+        config = await asyncio.to_thread(load_config, config_path)
         service = await asyncio.to_thread(stack.enter_context, open_service(config))
         runner = web.AppRunner(create_app(service), access_log=None)
         await runner.setup()
         try:  # the runner and the service are closed however set-up or the test ends
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await web.SockSite(runner, sock).start()
             async with aiohttp.ClientSession() as http:
                 yield ServedIssuer(config.issuer_url, api_key, http)
         finally:

@@ -1,4 +1,7 @@
-"""Helpers shared by test packages: machine-speed-aware deadlines and process handling.
+"""Helpers shared by the unit tests, the end-to-end tests and the benchmarks.
 
-Unit tests, end-to-end tests and benchmarks import from here, never from `tests/e2e`.
+`processes` (start, await and always reap a process), `stack` (the issuer, sandbox and sidecar
+as real processes), `jobenv` (a job's environment from `credsidecar env`), `clock` (the one
+hand-moved clock), `ports`, `timing` (machine-speed-aware deadlines), `raw_http`. Everything
+outside `tests/e2e` imports from here, never from `tests/e2e` (`test_boundaries.py` checks).
 """

@@ -1,26 +1,28 @@
-"""AWS: STS AssumeRoleWithWebIdentity with the federated token, through boto3 off the loop."""
+"""AWS: STS AssumeRoleWithWebIdentity with the federated token, over the STS Query API.
+
+AssumeRoleWithWebIdentity is unsigned (the web identity token is the credential), so one form
+POST does what boto3 would: `import boto3` alone costs ~0.3-0.5 s and ~26 MB of RSS here, paid
+at every sidecar start, for this single call. The request and the XML answer follow the STS API
+reference (Query API, version 2011-06-15); errors keep botocore's codes and our explanations.
+
+XML safety: the answer comes from STS over TLS (or the sandbox), is bounded by
+`upstream_http.MAX_RESPONSE_BYTES`, and is parsed by ElementTree, which resolves no external
+entities; expat >= 2.4 also refuses entity-expansion bombs.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import Callable, Mapping
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
 
-import boto3
-from botocore import UNSIGNED
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    ParamValidationError,
-)
+import aiohttp
 
 from credsidecar.clouds.contracts import AWS_DEFAULT_DURATION, AwsCredentials
-from credsidecar.clouds.federation import TokenSupplier
+from credsidecar.clouds.upstream_http import UpstreamResponse, post
 from credsidecar.errors import (
     BadRequest,
     ConfigError,
@@ -29,14 +31,17 @@ from credsidecar.errors import (
     InvalidGrant,
     Unavailable,
 )
+from credsidecar.launch.exchange import TokenSupplier
+from credsidecar.launch.grants import ROLE_ARN
 
 __all__ = ["AwsCredentials", "AwsExchanger", "AwsSettings", "role_session_name"]
 
 # AssumeRoleWithWebIdentity accepts 900..43200 s; the sandbox accepts shorter ones for tests.
 DEFAULT_DURATION = AWS_DEFAULT_DURATION
-MIN_STS_DURATION = 900
+STS_VERSION = "2011-06-15"
+_NS = {"sts": f"https://sts.amazonaws.com/doc/{STS_VERSION}/"}
 _SESSION_CHARS = re.compile(r"[^\w+=,.@-]", re.ASCII)
-_ROLE_ARN = re.compile(r"arn:aws[\w-]*:iam::(\d{12}):role/([\w+=,.@/-]+)", re.ASCII)
+_ROLE_ARN = ROLE_ARN  # the issuer's policy checks the same pattern
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,21 @@ def role_session_name(user: str, run: str | None) -> str:
     return name if len(name) >= 2 else f"{name}--"[:2]
 
 
+@dataclass(frozen=True)
+class StsFailure:
+    """An STS error answer: `<ErrorResponse><Error><Type/><Code/><Message/>`."""
+
+    status: int
+    code: str
+    message: str
+
+
 class AwsExchanger:
     def __init__(
         self,
         settings: AwsSettings,
         supplier: TokenSupplier,
+        session: aiohttp.ClientSession,
         who: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -72,25 +87,12 @@ class AwsExchanger:
         self.settings = settings
         self._account = match.group(1)
         self._supplier = supplier
+        self._session = session
         self._who = who
         self._clock = clock
         endpoint = settings.sts_endpoint or f"https://sts.{settings.region}.amazonaws.com"
-        # Unsigned: AssumeRoleWithWebIdentity needs no AWS credentials, and the sidecar's own
-        # environment must never be searched for any.
-        self._sts = boto3.session.Session().client(
-            "sts",
-            region_name=settings.region,
-            endpoint_url=endpoint,
-            config=Config(
-                signature_version=UNSIGNED,
-                # botocore enforces STS's 900 s minimum client-side; the sandbox allows less.
-                parameter_validation=settings.duration >= MIN_STS_DURATION,
-                retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=15,
-            ),
-        )
         self.endpoint = endpoint
+        self._url = endpoint.rstrip("/") + "/"
 
     @property
     def description(self) -> str:
@@ -99,41 +101,59 @@ class AwsExchanger:
     async def fetch(self) -> AwsCredentials:
         s = self.settings
         federated = await self._supplier.token(s.audience, "aws", s.identity_name)
-        kwargs: dict[str, Any] = {
+        # No credentials are attached: the sidecar's own environment is never searched for any.
+        form = {
+            "Action": "AssumeRoleWithWebIdentity",
+            "Version": STS_VERSION,
             "RoleArn": s.role_arn,
             "RoleSessionName": s.session_name,
             "WebIdentityToken": federated.token,
-            "DurationSeconds": s.duration,
+            "DurationSeconds": str(s.duration),
         }
         if s.session_policy:
-            kwargs["Policy"] = s.session_policy
+            form["Policy"] = s.session_policy
+        resp = await post(self._session, self._url, "AWS STS", form=form, who=self._who,
+                          hint="retrying")  # fmt: skip
+        if resp.status != 200:
+            raise self._explain(_failure(resp))
+        return self._credentials(resp)
+
+    def _credentials(self, resp: UpstreamResponse) -> AwsCredentials:
+        root = _xml(resp.body)
+        result = root.find("sts:AssumeRoleWithWebIdentityResult", _NS) if root is not None else None
+        creds = result.find("sts:Credentials", _NS) if result is not None else None
+
+        def field(parent: ET.Element | None, name: str) -> str:
+            value = parent.findtext(f"sts:{name}", None, _NS) if parent is not None else None
+            if not value:
+                raise Unavailable(
+                    f"AWS STS at {self.endpoint} answered {self._who} without {name}; retrying"
+                )
+            return value.strip()
+
+        expiration = field(creds, "Expiration")
         try:
-            response = await asyncio.to_thread(self._sts.assume_role_with_web_identity, **kwargs)
-        except ClientError as exc:
-            raise self._explain(exc) from exc
-        except ParamValidationError as exc:
-            raise BadRequest(f"the STS request for {self._who} is invalid: {exc}") from exc
-        except EndpointConnectionError as exc:
+            expires_at = datetime.fromisoformat(expiration).timestamp()
+        except ValueError as exc:
             raise Unavailable(
-                f"AWS STS at {self.endpoint} is unreachable for {self._who}: {exc}; retrying"
+                f"AWS STS at {self.endpoint} answered an Expiration that is not ISO 8601 "
+                f"({expiration[:40]!r}); retrying"
             ) from exc
-        except BotoCoreError as exc:
-            raise Unavailable(f"AWS STS call for {self._who} failed: {exc}; retrying") from exc
-        creds: Mapping[str, Any] = response["Credentials"]
+        user = result.find("sts:AssumedRoleUser", _NS) if result is not None else None
+        assumed = user.findtext("sts:Arn", None, _NS) if user is not None else None
         return AwsCredentials(
-            access_key_id=creds["AccessKeyId"],
-            secret_access_key=creds["SecretAccessKey"],
-            session_token=creds["SessionToken"],
-            expires_at=creds["Expiration"].timestamp(),
-            role_arn=s.role_arn,
-            assumed_role_arn=response.get("AssumedRoleUser", {}).get("Arn", s.role_arn),
+            access_key_id=field(creds, "AccessKeyId"),
+            secret_access_key=field(creds, "SecretAccessKey"),
+            session_token=field(creds, "SessionToken"),
+            expires_at=expires_at,
+            role_arn=self.settings.role_arn,
+            assumed_role_arn=assumed.strip() if assumed else self.settings.role_arn,
             account_id=self._account,
         )
 
-    def _explain(self, exc: ClientError) -> CredsidecarError:
+    def _explain(self, failure: StsFailure) -> CredsidecarError:
         """Turns an STS error into one sentence naming the user, the role and the way out."""
-        error = exc.response.get("Error", {})
-        code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+        code, message = failure.code, failure.message
         lower = message.lower()
         role = self.settings.role_arn
         head = f"{self._who} may not assume {role}"
@@ -166,11 +186,36 @@ class AwsExchanger:
             return Unavailable(
                 f"{head} right now: AWS could not reach the issuer's discovery/JWKS ({message})"
             )
-        if code in ("Throttling", "ThrottlingException", "RequestLimitExceeded"):
+        if code in ("Throttling", "ThrottlingException", "RequestLimitExceeded") or (
+            failure.status == 429
+        ):
             return Unavailable(f"AWS STS is throttling {self._who}: {message}", retry_after=10)
         if code in ("ValidationError", "MalformedPolicyDocument", "PackedPolicyTooLarge"):
             return BadRequest(f"{head}: STS rejected the request ({code}): {message}")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if status >= 500:
+        if failure.status >= 500:
             return Unavailable(f"AWS STS failed for {self._who} ({code}): {message}")
+        if code == "RegionDisabledException":
+            return Forbidden(
+                f"{head}: STS is not activated in region {self.settings.region} for the "
+                f"account; activate it in IAM's account settings or pass --aws-sts-endpoint "
+                f"for an active region. STS said: {message}"
+            )
         return Forbidden(f"{head}: {code}: {message}")
+
+
+def _failure(resp: UpstreamResponse) -> StsFailure:
+    """Reads an error answer; a body that is not STS's XML (a proxy's page) is quoted."""
+    root = _xml(resp.body)
+    error = root.find("{*}Error") if root is not None else None
+    if error is None:
+        return StsFailure(resp.status, f"HTTP{resp.status}", resp.text[:300].strip())
+    code = (error.findtext("{*}Code") or "").strip() or f"HTTP{resp.status}"
+    return StsFailure(resp.status, code, (error.findtext("{*}Message") or "").strip())
+
+
+def _xml(body: bytes) -> ET.Element | None:
+    """The parsed answer, or None when it is not XML (see the module docstring on safety)."""
+    try:
+        return ET.fromstring(body)  # noqa: S314 - a bounded STS answer; no external entities
+    except ET.ParseError:
+        return None

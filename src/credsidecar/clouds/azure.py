@@ -11,7 +11,6 @@ trips and a synchronous client for the same request); fields as Entra documents 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -25,13 +24,13 @@ from credsidecar.clouds.contracts import (
     AzureIdentityRef,
     AzureToken,
 )
-from credsidecar.clouds.federation import TokenSupplier
+from credsidecar.clouds.upstream_http import post
 from credsidecar.errors import BadRequest, CredsidecarError, Forbidden, InvalidGrant, Unavailable
+from credsidecar.launch.exchange import TokenSupplier
 
 __all__ = ["AUTHORITY", "AzureExchanger", "AzureIdentityRef", "AzureToken"]
 
 AUTHORITY, AUDIENCE = AZURE_AUTHORITY, AZURE_AUDIENCE
-TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 _ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _AADSTS = re.compile(r"AADSTS(\d+)")
 
@@ -56,6 +55,10 @@ class AzureExchanger:
         self._authority = authority.rstrip("/")
         self._clock = clock
 
+    @property
+    def description(self) -> str:
+        return f"{self._who} via Entra at {self._authority}"
+
     async def token(self, identity: AzureIdentityRef, resource: str) -> AzureToken:
         assertion = await self._supplier.token(identity.audience, "azure", identity.name)
         url = f"{self._authority}/{identity.tenant_id}/oauth2/v2.0/token"
@@ -67,15 +70,8 @@ class AzureExchanger:
             "scope": scope_for(resource),
         }
         started = self._clock()
-        try:
-            async with self._session.post(url, data=form, timeout=TIMEOUT) as resp:
-                status, text = resp.status, await resp.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unavailable(f"Entra at {url} is unreachable for {self._who}: {exc!r}") from exc
-        try:
-            body: dict[str, Any] = json.loads(text)
-        except ValueError:
-            body = {"error_description": text[:300]}
+        resp = await post(self._session, url, "Entra", form=form, who=self._who)
+        status, body = resp.status, resp.fields()
         if status == 200 and isinstance(body.get("access_token"), str):
             expires_in = int(body.get("expires_in", 3600))
             return AzureToken(body["access_token"], started + expires_in, resource,

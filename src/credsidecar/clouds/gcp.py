@@ -11,7 +11,6 @@ configurable. Tools in the job still use google-auth unmodified.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,13 +26,13 @@ from credsidecar.clouds.contracts import (
     GcpIdToken,
     GcpToken,
 )
-from credsidecar.clouds.federation import TokenSupplier
+from credsidecar.clouds.upstream_http import post
 from credsidecar.errors import BadRequest, CredsidecarError, Forbidden, Unavailable
+from credsidecar.launch.exchange import TokenSupplier
 
 __all__ = ["CLOUD_PLATFORM", "GcpExchanger", "GcpIdToken", "GcpSettings", "GcpToken"]
 
 CLOUD_PLATFORM, STS_URL, IAM_URL = GCP_CLOUD_PLATFORM, GCP_STS_URL, GCP_IAM_URL
-TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 _EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 _ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a type URN
 _JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -76,17 +75,8 @@ class GcpExchanger:
         return f"{self._who} as {target}"
 
     async def _post(self, url: str, what: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
-        try:
-            async with self._session.post(url, timeout=TIMEOUT, **kwargs) as resp:
-                text = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unavailable(f"{what} at {url} is unreachable for {self._who}: {exc!r}") from exc
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = {"error_description": text[:300]}
-        return status, body if isinstance(body, dict) else {}
+        resp = await post(self._session, url, what, who=self._who, **kwargs)
+        return resp.status, resp.fields()
 
     async def _federated(self, scopes: Sequence[str]) -> tuple[str, float]:
         s = self.settings
@@ -95,7 +85,7 @@ class GcpExchanger:
         status, body = await self._post(
             s.sts_url,
             "Google STS",
-            data={
+            form={
                 "grant_type": _EXCHANGE,
                 "audience": s.audience,
                 "scope": " ".join(scopes),
@@ -152,7 +142,7 @@ class GcpExchanger:
         status, body = await self._post(
             f"{s.iam_url}/v1/projects/-/serviceAccounts/{s.service_account}:generateAccessToken",
             "IAM Credentials",
-            json={"scope": list(scopes), "lifetime": f"{s.lifetime}s"},
+            json_body={"scope": list(scopes), "lifetime": f"{s.lifetime}s"},
             headers={"Authorization": f"Bearer {federated}"},
         )
         if status == 200 and isinstance(body.get("accessToken"), str):
@@ -173,7 +163,7 @@ class GcpExchanger:
         status, body = await self._post(
             f"{s.iam_url}/v1/projects/-/serviceAccounts/{s.service_account}:generateIdToken",
             "IAM Credentials",
-            json={"audience": audience, "includeEmail": True},
+            json_body={"audience": audience, "includeEmail": True},
             headers={"Authorization": f"Bearer {federated}"},
         )
         if status == 200 and isinstance(body.get("token"), str):

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
 
-from credsidecar.errors import CredsidecarError
+from credsidecar.clouds.upstream_http import request
+from credsidecar.errors import HpcApiError
 
-__all__ = ["HpcApi", "HpcApiError"]
-
-
-class HpcApiError(CredsidecarError):
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = ["HpcApi"]
 
 
 class HpcApi:
@@ -32,32 +26,23 @@ class HpcApi:
         headers = {"Accept": "application/json"}
         if self._member_key:
             headers["Authorization"] = f"Bearer {self._member_key}"
-        url = f"{self.issuer_url}{path}"
-        try:
-            async with self._session.request(
-                method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HpcApiError(f"cannot reach the issuer at {self.issuer_url}: {exc}", 503) from exc
-        if status == 204:
+        resp = await request(self._session, method, f"{self.issuer_url}{path}", self._service,
+                             json_body=body, headers=headers)  # fmt: skip
+        if resp.status == 204:
             return None
-        try:
-            data = json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            data = raw.decode(errors="replace")
-        if status >= 400:
-            detail = data.get("error_description") if isinstance(data, dict) else data
-            raise HpcApiError(f"issuer refused {method} {path} (HTTP {status}): {detail}", status)
-        return data
+        if resp.status >= 400:
+            detail = resp.fields().get("error_description") or resp.text[:300]
+            raise HpcApiError(
+                f"issuer refused {method} {path} (HTTP {resp.status}): {detail}", resp.status
+            )
+        return resp.json() if resp.body else None
 
     async def text(self, path: str) -> str:
-        try:
-            async with self._session.get(f"{self.issuer_url}{path}") as resp:
-                body = await resp.text()
-                if resp.status != 200:
-                    raise HpcApiError(f"issuer answered HTTP {resp.status} for {path}", resp.status)
-                return body
-        except aiohttp.ClientError as exc:
-            raise HpcApiError(f"cannot reach the issuer at {self.issuer_url}: {exc}", 503) from exc
+        resp = await request(self._session, "GET", f"{self.issuer_url}{path}", self._service)
+        if resp.status != 200:
+            raise HpcApiError(f"issuer answered HTTP {resp.status} for {path}", resp.status)
+        return resp.text
+
+    @property
+    def _service(self) -> str:
+        return f"issuer {self.issuer_url}"

@@ -18,18 +18,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from credsidecar.errors import BadRequest, CredsidecarError, PayloadTooLarge, Unauthorized
+from credsidecar.errors import (
+    BadRequest,
+    CredsidecarError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from credsidecar.issuer.assembly import Issuer
 from credsidecar.issuer.hpc_api import add_hpc_routes
 from credsidecar.issuer.http_common import (
+    HPC,
+    HPC_LAUNCHES,
     SERVICE,
     bearer_token,
+    error_response,
     form_body,
     json_body,
     no_store_json,
 )
-from credsidecar.issuer.service import IssuerService, LaunchRequest
+from credsidecar.issuer.launch_request import LaunchRequest
 
-__all__ = ["SERVICE", "create_app", "json_body", "no_store_json"]
+__all__ = ["HPC", "SERVICE", "create_app", "json_body", "no_store_json"]
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +51,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Maps every failure to an OAuth-style JSON error; no traceback ever reaches a client."""
+    """Turns every failure into a CredsidecarError answered by `error_response` (one mapping for
+    the issuer's and the HPC API's routes); no traceback ever reaches a client."""
     try:
         return await handler(request)
     except CredsidecarError as exc:
-        response = no_store_json(exc.to_json(), status=exc.status)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="credsidecar-issuer"'
-        return response
+        return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SERVICE].config.max_body_bytes
-        too_large = PayloadTooLarge(f"request body exceeds {limit} bytes")
-        return no_store_json(too_large.to_json(), 413)
+        return error_response(PayloadTooLarge(f"request body exceeds {limit} bytes"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        body = {
-            "error": "not_found" if exc.status == 404 else "invalid_request",
-            "error_description": f"{request.method} {request.path}: {exc.reason}",
-        }
-        return no_store_json(body, status=exc.status)
+        where = f"{request.method} {request.path}: {exc.reason}"
+        refusal = NotFound(where) if exc.status == 404 else BadRequest(where)
+        refusal.status = exc.status  # aiohttp's own (405 for a wrong method, ...)
+        return error_response(refusal)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        body = {"error": "server_error", "error_description": "internal error; see issuer log"}
-        return no_store_json(body, status=500)
+        return error_response(CredsidecarError("internal error; see issuer log"))
 
 
 def _platform_caller(request: web.Request) -> str:
@@ -183,11 +188,14 @@ async def _key_refresher(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def create_app(service: IssuerService) -> web.Application:
+def create_app(issuer: Issuer) -> web.Application:
+    """The issuer's HTTP API over services composed at start-up (assembly.py)."""
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=service.config.max_body_bytes
+        middlewares=[error_middleware], client_max_size=issuer.config.max_body_bytes
     )
-    app[SERVICE] = service
+    app[SERVICE] = issuer.tokens
+    app[HPC] = issuer.hpc
+    app[HPC_LAUNCHES] = issuer.hpc_launches
     app.router.add_get("/.well-known/openid-configuration", discovery)
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/healthz", healthz)

@@ -1,148 +1,142 @@
-"""A working example configuration: what `credsidecar dev` starts and the README shows."""
+"""A working example configuration: what `credsidecar dev` starts and the README shows.
+
+The policy is generated from the sandbox's seed (sandbox/seed.py), so the identities it grants
+are exactly the roles, service accounts and managed identities the sandbox clouds hold.
+"""
 
 from __future__ import annotations
 
-import socket
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
+from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE
 from credsidecar.issuer.config import new_api_key
+from credsidecar.sandbox.seed import (
+    AZURE_IDENTITIES,
+    AZURE_TENANT_ID,
+    GCP_AUDIENCE,
+    GCP_PROJECT_ID,
+    GCP_PROJECT_NUMBER,
+    GCP_SERVICE_ACCOUNTS,
+    ROLES,
+    USERS,
+    WORKSPACE,
+    WORKSPACE_MEMBERS,
+)
 
-__all__ = ["EXAMPLE_POLICY", "free_port", "write_example"]
+__all__ = ["EXAMPLE_POLICY", "example_policy", "write_example"]
 
-EXAMPLE_POLICY = """\
+
+def _q(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's for these ASCII values)."""
+    return json.dumps(value)
+
+
+def _list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(map(_q, values)) + "]"
+
+
+def _grant(provider: str, name: str, users: Iterable[str]) -> str:
+    """One identity's grant: to the workspace when every member holds it, else to its users."""
+    users = tuple(users)
+    if len(users) > 1 and set(users) == set(WORKSPACE_MEMBERS):
+        who = f"workspaces = {_list([WORKSPACE])}"
+    else:
+        who = f"users = {_list(users)}"
+    return f"[[grants]]\n{who}\nprovider = {_q(provider)}\nidentities = {_list([name])}\n"
+
+
+def example_policy() -> str:
+    """The example identity policy, from the sandbox seed."""
+    users = "".join(
+        f"[[users]]\nid = {_q(user)}\nemail = {_q(user + '@example.org')}\n"
+        f"name = {_q(user.capitalize())}\n\n"
+        for user in USERS
+    )
+    aws = "".join(
+        f"[identities.aws.{role.name}]\nrole_arn = {_q(role.arn)}\n"
+        + (
+            "session_tags = { "
+            + ", ".join(f"{key} = {_q(value)}" for key, value in role.session_tags)
+            + " }\n"
+            if role.session_tags
+            else ""
+        )
+        + "\n"
+        for role in ROLES
+    )
+    gcp = "".join(
+        f"[identities.gcp.{account.email.split('@')[0]}]\n"
+        f"audience = {_q(GCP_AUDIENCE)}\n"
+        f"service_account = {_q(account.email)}\n"
+        f"project_id = {_q(GCP_PROJECT_ID)}\n"
+        f"project_number = {_q(GCP_PROJECT_NUMBER)}\n\n"
+        for account in GCP_SERVICE_ACCOUNTS
+    )
+    azure = "".join(
+        f"[identities.azure.{identity.name}]\n"
+        f"tenant_id = {_q(AZURE_TENANT_ID)}\n"
+        f"client_id = {_q(identity.client_id)}\n"
+        f"object_id = {_q(identity.object_id)}\n"
+        f"resource_id = {_q(identity.resource_id)}\n\n"
+        for identity in AZURE_IDENTITIES
+    )
+    grants = "\n".join(
+        [
+            *(_grant("aws", role.name, role.subjects) for role in ROLES),
+            *(
+                _grant("gcp", account.email.split("@")[0], account.subjects)
+                for account in GCP_SERVICE_ACCOUNTS
+            ),
+            *(_grant("azure", i.name, i.users) for i in AZURE_IDENTITIES),
+            _grant("hpc", "sandbox-cluster", WORKSPACE_MEMBERS),
+        ]
+    )
+    return f"""\
 # Identity policy: users, workspaces, identities per provider, and grants.
+# (Generated from the sandbox's seed, credsidecar/sandbox/seed.py: every identity below exists
+# in the sandbox clouds of `credsidecar dev`.)
 
+# The audience of the launch tokens the issuer hands AWS STS (AssumeRoleWithWebIdentity).
 [providers.aws]
-audience = "sts.amazonaws.com"
+audience = {_q(AWS_DEFAULT_AUDIENCE)}
 
-[[users]]
-id = "alice"
-email = "alice@example.org"
-name = "Alice"
-
-[[users]]
-id = "bob"
-email = "bob@example.org"
-name = "Bob"
-
+# Users: `id` is the subject clouds see (the `sub` of the tokens the issuer signs).
+{users}\
 [[users]]
 id = "carol"
 email = "carol@example.org"
 name = "Carol (no grants yet)"
 owner = true                     # manages HPC clusters (credsidecar hpc cluster ...)
 
+# A workspace's grants apply to launches in it, for each member.
 [[workspaces]]
-id = "genomics"
-members = ["alice", "bob"]
+id = {_q(WORKSPACE)}
+members = {_list(WORKSPACE_MEMBERS)}
 
-[identities.aws.alice-data]
-role_arn = "arn:aws:iam::123456789012:role/alice-data"
-
-[identities.aws.bob-data]
-role_arn = "arn:aws:iam::123456789012:role/bob-data"
-
-[identities.aws.genomics-readonly]
-role_arn = "arn:aws:iam::123456789012:role/genomics-readonly"
-session_tags = { cost-center = "genomics" }
-
-[identities.gcp.alice]
-audience = "//iam.googleapis.com/projects/000000000000/locations/global/workloadIdentityPools/\
-credsidecar/providers/sandbox"
-service_account = "alice@sandbox-project.iam.gserviceaccount.com"
-project_id = "sandbox-project"
-project_number = "000000000000"
-
-[identities.gcp.bob]
-audience = "//iam.googleapis.com/projects/000000000000/locations/global/workloadIdentityPools/\
-credsidecar/providers/sandbox"
-service_account = "bob@sandbox-project.iam.gserviceaccount.com"
-project_id = "sandbox-project"
-project_number = "000000000000"
-
+# AWS: IAM roles whose trust policy admits the issuer's tokens for these subjects.
+{aws}\
+# GCP: service accounts the workload identity pool's principals may impersonate; the audience is
+# the pool provider's resource name.
+{gcp}\
 # Azure: user-assigned managed identities, each with one federated credential whose subject is
 # "credsidecar:azure:NAME" (the default), so Entra tells them apart; the issuer decides who may
 # use which.
-[identities.azure.alice]
-tenant_id = "00000000-0000-4000-8000-000000000001"
-client_id = "00000000-0000-4000-8000-0000000000a2"
-object_id = "00000000-0000-4000-8000-0000000000b2"
-resource_id = "/subscriptions/00000000-0000-4000-8000-000000000002/\
-resourceGroups/credsidecar-sandbox/providers/Microsoft.ManagedIdentity/\
-userAssignedIdentities/alice"
-
-[identities.azure.bob]
-tenant_id = "00000000-0000-4000-8000-000000000001"
-client_id = "00000000-0000-4000-8000-0000000000a3"
-object_id = "00000000-0000-4000-8000-0000000000b3"
-resource_id = "/subscriptions/00000000-0000-4000-8000-000000000002/\
-resourceGroups/credsidecar-sandbox/providers/Microsoft.ManagedIdentity/\
-userAssignedIdentities/bob"
-
-[identities.azure.genomics-pipelines]
-tenant_id = "00000000-0000-4000-8000-000000000001"
-client_id = "00000000-0000-4000-8000-0000000000a1"
-object_id = "00000000-0000-4000-8000-0000000000b1"
-resource_id = "/subscriptions/00000000-0000-4000-8000-000000000002/\
-resourceGroups/credsidecar-sandbox/providers/Microsoft.ManagedIdentity/\
-userAssignedIdentities/genomics-pipelines"
-
+{azure}\
+# HPC: a Slurm cluster reached over SSH as the user's Linux account.
 [identities.hpc.sandbox-cluster]
 scheduler = "slurm"
 host = "127.0.0.1"
 port = 2222
-usernames = { alice = "alice", bob = "bob" }
+usernames = {{ {", ".join(f"{user} = {_q(user)}" for user in WORKSPACE_MEMBERS)} }}
 
-[[grants]]
-users = ["alice"]
-provider = "aws"
-identities = ["alice-data"]
-
-[[grants]]
-users = ["bob"]
-provider = "aws"
-identities = ["bob-data"]
-
-[[grants]]
-workspaces = ["genomics"]
-provider = "aws"
-identities = ["genomics-readonly"]
-
-[[grants]]
-users = ["alice"]
-provider = "gcp"
-identities = ["alice"]
-
-[[grants]]
-users = ["bob"]
-provider = "gcp"
-identities = ["bob"]
-
-[[grants]]
-users = ["alice"]
-provider = "azure"
-identities = ["alice"]
-
-[[grants]]
-users = ["bob"]
-provider = "azure"
-identities = ["bob"]
-
-[[grants]]
-workspaces = ["genomics"]
-provider = "azure"
-identities = ["genomics-pipelines"]
-
-[[grants]]
-workspaces = ["genomics"]
-provider = "hpc"
-identities = ["sandbox-cluster"]
-"""
+# Grants: who may use which identity. For one launch the user's own grants come first (their
+# first identity is the default), then the workspace's.
+{grants}"""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+EXAMPLE_POLICY = example_policy()
 
 
 def write_example(directory: Path, port: int) -> tuple[Path, str]:

@@ -1,4 +1,4 @@
-"""The issuer's HPC API (hpc_service.py says who may do what).
+"""The issuer's HPC API (hpc_service.py and hpc_launch.py say who may do what).
 
 Members and owners, with `Authorization: Bearer <member API key>`:
 GET    /v1/hpc/clusters                      every cluster (no secrets in them)
@@ -29,8 +29,15 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from credsidecar.issuer.hpc_launch import HpcLaunches
 from credsidecar.issuer.hpc_service import HpcService, Member
-from credsidecar.issuer.http_common import SERVICE, bearer_token, json_body, no_store_json
+from credsidecar.issuer.http_common import (
+    HPC,
+    HPC_LAUNCHES,
+    bearer_token,
+    json_body,
+    no_store_json,
+)
 
 __all__ = ["add_hpc_routes"]
 
@@ -39,9 +46,13 @@ T = TypeVar("T")
 
 
 def _call(request: web.Request, use: Callable[[HpcService], T]) -> Awaitable[T]:
-    """Runs `use(hpc service)` off the event loop: SQLite, the policy files, signing, and
-    building the service on first use all block."""
-    return asyncio.to_thread(lambda: use(request.app[SERVICE].hpc))
+    """Runs `use(hpc service)` off the event loop: SQLite, the policy files and signing block."""
+    return asyncio.to_thread(use, request.app[HPC])
+
+
+def _launch_call(request: web.Request, use: Callable[[HpcLaunches], T]) -> Awaitable[T]:
+    """Runs `use(hpc launches)` off the event loop, like `_call`."""
+    return asyncio.to_thread(use, request.app[HPC_LAUNCHES])
 
 
 async def _member(request: web.Request) -> Member:
@@ -107,22 +118,22 @@ async def status(request: web.Request) -> web.Response:
 
 async def certificate(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return no_store_json(await _call(request, lambda hpc: hpc.certificate(body)), status=201)
+    return no_store_json(await _launch_call(request, lambda hpc: hpc.certificate(body)), status=201)
 
 
 async def describe(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return no_store_json(await _call(request, lambda hpc: hpc.describe_for_launch(body)))
+    return no_store_json(await _launch_call(request, lambda hpc: hpc.describe_for_launch(body)))
 
 
 async def stored_key(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return no_store_json(await _call(request, lambda hpc: hpc.stored_key(body)))
+    return no_store_json(await _launch_call(request, lambda hpc: hpc.stored_key(body)))
 
 
 async def sign(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return no_store_json(await _call(request, lambda hpc: hpc.sign(body)))
+    return no_store_json(await _launch_call(request, lambda hpc: hpc.sign(body)))
 
 
 async def ca_public_key(request: web.Request) -> web.Response:

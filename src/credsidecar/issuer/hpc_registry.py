@@ -26,6 +26,7 @@ from credsidecar.errors import BadRequest
 from credsidecar.issuer.identities import SCHEDULERS
 from credsidecar.issuer.ssh_ca import refuse_private_key
 from credsidecar.issuer.store import Store
+from credsidecar.launch.grants import LINUX_USERNAME
 
 __all__ = [
     "CERTIFICATE",
@@ -40,7 +41,7 @@ __all__ = [
 CERTIFICATE, STORED_KEY = "certificate", "stored-key"
 MODES = (CERTIFICATE, STORED_KEY)
 CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-LINUX_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+LINUX_USER = LINUX_USERNAME  # one pattern for the policy, the registry and the launch token
 HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]|[0-9a-fA-F:]+")
 
 _SCHEMA = """

@@ -1,6 +1,7 @@
-"""What the issuer's HTTP modules share: the app key of the service, request bodies and
+"""What the issuer's HTTP modules share: the app keys of the services, request bodies and
 credentials parsed in one place (strictly, so malformed input is a clear 400/401 and never a 500),
-and JSON out."""
+JSON out, and `error_response`, the one mapping from any failure to an answer (app.py's
+middleware turns every exception into a CredsidecarError and hands it there)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,25 @@ from typing import Any
 
 from aiohttp import web
 
-from credsidecar.errors import BadRequest, Unauthorized
+from credsidecar.errors import BadRequest, CredsidecarError, Unauthorized
+from credsidecar.issuer.hpc_launch import HpcLaunches
+from credsidecar.issuer.hpc_service import HpcService
 from credsidecar.issuer.service import IssuerService
 
-__all__ = ["SERVICE", "bearer_token", "form_body", "json_body", "no_store_json"]
+__all__ = [
+    "HPC",
+    "HPC_LAUNCHES",
+    "SERVICE",
+    "bearer_token",
+    "error_response",
+    "form_body",
+    "json_body",
+    "no_store_json",
+]
 
 SERVICE = web.AppKey("service", IssuerService)
+HPC = web.AppKey("hpc", HpcService)
+HPC_LAUNCHES = web.AppKey("hpc_launches", HpcLaunches)
 
 FORM = "application/x-www-form-urlencoded"
 # Integers in our bodies are lifetimes and counts; 20 digits pass any 64-bit value, and int() of
@@ -30,6 +44,18 @@ def no_store_json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(
         data, status=status, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
     )
+
+
+def error_response(exc: CredsidecarError) -> web.Response:
+    """What the issuer and its HPC API answer for `exc`: its status and OAuth error body (RFC 6749
+    section 5.2), never cached; a 401 names the bearer realm (RFC 6750 section 3) and a retryable
+    error says when to try again."""
+    response = no_store_json(exc.to_json(), status=exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="credsidecar-issuer"'
+    if exc.retryable:
+        response.headers["Retry-After"] = str(max(1, getattr(exc, "retry_after", 5)))
+    return response
 
 
 def _bounded_int(text: str) -> int:

@@ -1,8 +1,9 @@
 """The cloud and HPC identities a policy can grant, one frozen dataclass per provider.
 
 Each identity knows three things the issuer needs: the audience its cloud expects on a federated
-token, the subject that cloud should see for a given user, and the non-secret descriptor the
-sidecar receives in the launch token (role ARN, service account, client id, cluster address).
+token, the subject that cloud should see for a given user, and the non-secret grant the sidecar
+receives in the launch token (role ARN, service account, client id, cluster address): a
+`launch/grants.py` dataclass, the type the sidecar reads back.
 """
 
 from __future__ import annotations
@@ -12,10 +13,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from credsidecar.errors import ConfigError
+from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE, AZURE_AUDIENCE
+from credsidecar.errors import ConfigError, Forbidden
+from credsidecar.launch.grants import (
+    LINUX_USERNAME,
+    PROVIDERS,
+    ROLE_ARN,
+    AwsGrant,
+    AzureGrant,
+    GcpGrant,
+    Grant,
+    HpcGrant,
+    azure_default_subject,
+)
 
 __all__ = [
-    "DEFAULT_AUDIENCES",
     "PROVIDERS",
     "AwsIdentity",
     "AzureIdentity",
@@ -25,23 +37,14 @@ __all__ = [
     "parse_identity",
 ]
 
-PROVIDERS = ("aws", "gcp", "azure", "hpc")
-
-# Audiences the clouds expect unless an administrator registered another one.
-DEFAULT_AUDIENCES = {
-    "aws": "sts.amazonaws.com",
-    "azure": "api://AzureADTokenExchange",
-}
 
 SCHEDULERS = frozenset(
     {"slurm", "lsf", "pbs", "pbspro", "torque", "sge", "uge", "moab", "htcondor"}
 )
 
-_ROLE_ARN = re.compile(r"arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-_LINUX_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]")
 
 
@@ -61,15 +64,16 @@ class Identity:
     def usable_by(self, user_id: str) -> bool:
         return True
 
-    def descriptor(self, user_id: str) -> dict[str, Any]:
-        return {"name": self.name}
+    def grant(self, user_id: str) -> Grant:
+        """What the launch token tells the sidecar about this identity, for `user_id`."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class AwsIdentity(Identity):
     provider: ClassVar[str] = "aws"
     role_arn: str = ""
-    aws_audience: str = DEFAULT_AUDIENCES["aws"]
+    aws_audience: str = AWS_DEFAULT_AUDIENCE
     session_tags: Mapping[str, str] = field(default_factory=dict)
     session_policy: str | None = None
 
@@ -77,12 +81,8 @@ class AwsIdentity(Identity):
     def audience(self) -> str:
         return self.aws_audience
 
-    def descriptor(self, user_id: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "role_arn": self.role_arn}
-        out["audience"] = self.aws_audience
-        if self.session_policy:
-            out["session_policy"] = self.session_policy
-        return out
+    def grant(self, user_id: str) -> AwsGrant:
+        return AwsGrant(self.name, self.role_arn, self.aws_audience, self.session_policy or None)
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,14 @@ class GcpIdentity(Identity):
     def audience(self) -> str:
         return self.gcp_audience
 
-    def descriptor(self, user_id: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "audience": self.gcp_audience}
-        for key in ("service_account", "project_id", "project_number"):
-            if getattr(self, key):
-                out[key] = getattr(self, key)
-        return out
+    def grant(self, user_id: str) -> GcpGrant:
+        return GcpGrant(
+            name=self.name,
+            audience=self.gcp_audience,
+            service_account=self.service_account or None,
+            project_id=self.project_id or None,
+            project_number=self.project_number or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class AzureIdentity(Identity):
     # Entra federated credentials match one exact subject (at most 20 per identity), so the
     # identity, not the user, is the subject; the issuer enforces which users may use it.
     subject: str = ""
-    azure_audience: str = DEFAULT_AUDIENCES["azure"]
+    azure_audience: str = AZURE_AUDIENCE
     object_id: str | None = None
     resource_id: str | None = None
 
@@ -124,17 +126,15 @@ class AzureIdentity(Identity):
     def subject_for(self, user_subject: str) -> str:
         return self.subject
 
-    def descriptor(self, user_id: str) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name,
-            "tenant_id": self.tenant_id,
-            "client_id": self.client_id,
-            "audience": self.azure_audience,
-        }
-        for key in ("object_id", "resource_id"):
-            if getattr(self, key):
-                out[key] = getattr(self, key)
-        return out
+    def grant(self, user_id: str) -> AzureGrant:
+        return AzureGrant(
+            name=self.name,
+            tenant_id=self.tenant_id,
+            client_id=self.client_id,
+            audience=self.azure_audience,
+            object_id=self.object_id or None,
+            resource_id=self.resource_id or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -148,14 +148,14 @@ class HpcCluster(Identity):
     def usable_by(self, user_id: str) -> bool:
         return user_id in self.usernames
 
-    def descriptor(self, user_id: str) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "scheduler": self.scheduler,
-            "host": self.host,
-            "port": self.port,
-            "username": self.usernames.get(user_id),
-        }
+    def grant(self, user_id: str) -> HpcGrant:
+        username = self.usernames.get(user_id)
+        if username is None:  # `usable_by` keeps such users from being granted the cluster
+            raise Forbidden(
+                f"user {user_id!r} has no Linux username on HPC cluster {self.name!r}; add "
+                "one to the cluster's `usernames` in the identity policy"
+            )
+        return HpcGrant(self.name, self.host, username, self.scheduler, self.port)
 
 
 class _Fields:
@@ -215,8 +215,10 @@ def parse_identity(
     if provider == "aws":
         identity = AwsIdentity(
             name=name,
-            role_arn=str(f.text("role_arn", _ROLE_ARN, hint=" (arn:aws:iam::ACCOUNT:role/NAME)")),
-            aws_audience=str(f.text("audience", default=audiences.get("aws", "sts.amazonaws.com"))),
+            role_arn=str(f.text("role_arn", ROLE_ARN, hint=" (arn:aws:iam::ACCOUNT:role/NAME)")),
+            aws_audience=str(
+                f.text("audience", default=audiences.get("aws", AWS_DEFAULT_AUDIENCE))
+            ),
             session_tags=f.mapping("session_tags"),
             session_policy=f.text("session_policy", required=False),
         )
@@ -235,10 +237,8 @@ def parse_identity(
             name=name,
             tenant_id=str(f.text("tenant_id", re.compile(f"{_GUID.pattern}|{_DOMAIN.pattern}"))),
             client_id=str(f.text("client_id", _GUID, hint=" (a GUID)")),
-            subject=str(f.text("subject", default=f"credsidecar:azure:{name}")),
-            azure_audience=str(
-                f.text("audience", default=audiences.get("azure", DEFAULT_AUDIENCES["azure"]))
-            ),
+            subject=str(f.text("subject", default=azure_default_subject(name))),
+            azure_audience=str(f.text("audience", default=audiences.get("azure", AZURE_AUDIENCE))),
             object_id=f.text("object_id", _GUID, required=False),
             resource_id=f.text("resource_id", required=False),
         )
@@ -254,7 +254,7 @@ def parse_identity(
             raise f.fail("port", "must be an integer between 1 and 65535")
         usernames = f.mapping("usernames")
         for user, linux in usernames.items():
-            if not _LINUX_USER.fullmatch(linux):
+            if not LINUX_USERNAME.fullmatch(linux):
                 raise f.fail(
                     "usernames", f"maps {user!r} to {linux!r}, which is not a Linux username"
                 )

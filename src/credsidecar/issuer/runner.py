@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,10 @@ from aiohttp import web
 from credsidecar.audit import AuditLog
 from credsidecar.errors import CredsidecarError
 from credsidecar.issuer.app import create_app
+from credsidecar.issuer.assembly import Issuer, assemble
 from credsidecar.issuer.config import IssuerConfig, issuer_url_warning
 from credsidecar.issuer.keys import KeyRing
 from credsidecar.issuer.policy_watch import PolicyHolder
-from credsidecar.issuer.service import IssuerService
 from credsidecar.issuer.store import Store
 from credsidecar.serving import IDLE_TIMEOUT, LimitedSite
 
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def open_service(config: IssuerConfig) -> Iterator[IssuerService]:
-    """The issuer's state opened for use; closes the database and audit file afterwards."""
+def open_service(config: IssuerConfig) -> Iterator[Issuer]:
+    """The issuer's state opened and its services composed (a bad key-encryption key fails
+    here, as a ConfigError); closes the database and audit file afterwards."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
     config.state_dir.chmod(0o700)
     audit = AuditLog.open(config.audit_log)
@@ -38,19 +40,19 @@ def open_service(config: IssuerConfig) -> Iterator[IssuerService]:
     try:
         keys = KeyRing(config.key_dir, store, config.key_algorithm)
         policy = PolicyHolder(config.policy_path, audit)
-        yield IssuerService(config, store, keys, policy, audit)
+        yield assemble(config, store, keys, policy, audit)
     finally:
         store.close()
         audit.close()
 
 
-def export_discovery(service: IssuerService, out_dir: Path) -> list[Path]:
+def export_discovery(service: Issuer, out_dir: Path) -> list[Path]:
     """Writes discovery and JWKS as static files laid out for a public bucket or web root."""
     target = out_dir / ".well-known"
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for name, doc in (
-        ("openid-configuration", service.discovery()),
+        ("openid-configuration", service.tokens.discovery()),
         ("jwks.json", service.keys.jwks()),
     ):
         path = target / name
@@ -61,7 +63,7 @@ def export_discovery(service: IssuerService, out_dir: Path) -> list[Path]:
     return written
 
 
-def _reload(service: IssuerService) -> None:
+def _reload(service: Issuer) -> None:
     """SIGHUP: pick up policy edits and key rotations now rather than at the next poll."""
     service.policy_holder.reload()
     try:
@@ -80,9 +82,14 @@ def _tls_context(config: IssuerConfig) -> ssl.SSLContext | None:
 
 
 async def serve(
-    config: IssuerConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+    config: IssuerConfig,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Runs the issuer until SIGTERM/SIGINT (or `stop` is set); SIGHUP reloads policy and keys."""
+    """Runs the issuer until SIGTERM/SIGINT (or `stop` is set); SIGHUP reloads policy and keys.
+
+    `sock`, already bound (credsidecar.listen), is listened on instead of `config.listen`."""
     warning = issuer_url_warning(config.issuer_url)
     if warning:
         log.warning("%s", warning)
@@ -95,9 +102,11 @@ async def serve(
         )
         await runner.setup()
         # Connection cap, idle and header-read timeouts, malformed requests logged quietly.
-        site = LimitedSite(
-            runner, host=config.host, port=config.port, ssl_context=_tls_context(config)
-        )
+        tls = _tls_context(config)
+        if sock is not None:
+            site = LimitedSite(runner, sock, ssl_context=tls)
+        else:
+            site = LimitedSite(runner, host=config.host, port=config.port, ssl_context=tls)
         await site.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

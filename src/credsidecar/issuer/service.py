@@ -3,27 +3,19 @@
 mint      platform asks for a launch token for (user, workspace, pipeline, run)
 exchange  a sidecar trades the launch token for a short-lived cloud-audience token (RFC 8693);
           policy, user status and run revocation are checked again every time
+revoke    runs and users (admins, the platform); rotate-key for the signing keys
+
+Launch requests are parsed in launch_request.py and launch tokens verified in launch_tokens.py;
+HPC is a separate service (hpc_service.py) that assembly.py gives only what it uses.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from joserfc import jwt
-from joserfc.errors import (
-    BadSignatureError,
-    DecodeError,
-    ExpiredTokenError,
-    InvalidClaimError,
-    JoseError,
-    MissingClaimError,
-)
+from typing import Any
 
 from credsidecar.audit import AuditLog
 from credsidecar.errors import (
@@ -37,6 +29,8 @@ from credsidecar.errors import (
 from credsidecar.issuer.config import IssuerConfig
 from credsidecar.issuer.identities import PROVIDERS, AwsIdentity, Identity
 from credsidecar.issuer.keys import ALGORITHMS, KeyRing
+from credsidecar.issuer.launch_request import FIELD, LaunchRequest
+from credsidecar.issuer.launch_tokens import LAUNCH_TOKEN_USE, LaunchTokenVerifier
 from credsidecar.issuer.limits import (
     AWS_SOURCE_IDENTITY_CLAIM,
     AWS_TAGS_CLAIM,
@@ -46,73 +40,9 @@ from credsidecar.issuer.limits import (
 from credsidecar.issuer.policy import Policy
 from credsidecar.issuer.policy_watch import PolicyHolder
 from credsidecar.issuer.store import Store
-
-if TYPE_CHECKING:
-    from credsidecar.issuer.hpc_service import HpcService
+from credsidecar.launch.grants import Grants, parse_identity_urn
 
 __all__ = ["ExchangeResult", "IssuerService", "LaunchRequest", "MintResult"]
-
-# Launch fields end up in AWS session tags and role session names: keep to AWS's tag charset.
-_FIELD = re.compile(r"[\w.@:/+=-]{1,128}", re.ASCII)
-_PIPELINE = re.compile(r"[\w.@:/+=-]{1,256}", re.ASCII)
-_RESOURCE = re.compile(r"urn:credsidecar:identity:(\w+):(.+)")
-LAUNCH_TOKEN_USE = "launch"  # noqa: S105 - a claim value, not a secret
-
-
-@dataclass(frozen=True)
-class LaunchRequest:
-    user: str
-    run: str
-    workspace: str | None = None
-    pipeline: str | None = None
-    selections: Mapping[str, tuple[str, ...]] | None = None
-    lifetime: int | None = None
-
-    @classmethod
-    def from_json(cls, body: Any) -> LaunchRequest:
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object")
-        unknown = set(body) - {"user", "run", "workspace", "pipeline", "identities", "lifetime"}
-        if unknown:
-            raise BadRequest(f"unknown field(s) {sorted(unknown)} in launch token request")
-
-        def text(key: str, pattern: re.Pattern[str], required: bool) -> str | None:
-            value = body.get(key)
-            if value is None and not required:
-                return None
-            if not isinstance(value, str) or not pattern.fullmatch(value):
-                raise BadRequest(
-                    f"`{key}` must be a string of up to {128 if pattern is _FIELD else 256} "
-                    "letters, digits and _.@:/+=-"
-                )
-            return value
-
-        selections: dict[str, tuple[str, ...]] = {}
-        raw = body.get("identities") or {}
-        if not isinstance(raw, dict):
-            raise BadRequest("`identities` must map a provider to an identity name or a list")
-        for provider, chosen in raw.items():
-            if provider not in PROVIDERS:
-                raise BadRequest(f"unknown provider {provider!r} in `identities`")
-            names = [chosen] if isinstance(chosen, str) else chosen
-            if (
-                not isinstance(names, list)
-                or not names
-                or not all(isinstance(n, str) and n for n in names)
-            ):
-                raise BadRequest(f"`identities.{provider}` must be a name or a list of names")
-            selections[provider] = tuple(dict.fromkeys(names))
-        lifetime = body.get("lifetime")
-        if lifetime is not None and (not isinstance(lifetime, int) or isinstance(lifetime, bool)):
-            raise BadRequest("`lifetime` must be an integer number of seconds")
-        return cls(
-            user=str(text("user", _FIELD, True)),
-            run=str(text("run", _FIELD, True)),
-            workspace=text("workspace", _FIELD, False),
-            pipeline=text("pipeline", _PIPELINE, False),
-            selections=selections,
-            lifetime=lifetime,
-        )
 
 
 @dataclass(frozen=True)
@@ -149,6 +79,7 @@ class IssuerService:
         self.policy_holder = policy
         self.audit = audit
         self._clock = clock
+        self._launch_tokens = LaunchTokenVerifier(keys, config.issuer_url, clock)
 
     def now(self) -> int:
         return int(self._clock())
@@ -156,19 +87,6 @@ class IssuerService:
     @property
     def policy(self) -> Policy:
         return self.policy_holder.current
-
-    @functools.cached_property
-    def hpc(self) -> HpcService:
-        """HPC clusters, members' credentials and the SSH CA (hpc_service.py)."""
-        from credsidecar.issuer.hpc_registry import HpcRegistry
-        from credsidecar.issuer.hpc_service import HpcService
-        from credsidecar.issuer.sealing import Sealer, load_kek
-        from credsidecar.issuer.ssh_ca import SshCa
-
-        kek = load_kek(self.config.kek_file, self.config.kek_env)
-        return HpcService(self, HpcRegistry(self.store), SshCa(self.config.key_dir),
-                          Sealer(kek) if kek else None,
-                          self.config.ssh_certificate_lifetime)  # fmt: skip
 
     # discovery ----------------------------------------------------------------------------------
 
@@ -280,7 +198,8 @@ class IssuerService:
             "user": user.id,
             "run": request.run,
             "identities": {
-                p: [i.descriptor(user.id) for i in identities] for p, identities in chosen.items()
+                p: [i.grant(user.id).to_claim() for i in identities]
+                for p, identities in chosen.items()
             },
         }
         for key in ("workspace", "pipeline"):
@@ -308,54 +227,8 @@ class IssuerService:
     # exchange -----------------------------------------------------------------------------------
 
     def verify_launch_token(self, token: str) -> dict[str, Any]:
-        """Verifies signature, issuer, audience, lifetime and purpose of a launch token."""
-        if not isinstance(token, str) or not token or len(token) > 2 * 20_000:
-            raise InvalidGrant("subject_token is missing or too large")
-        try:
-            decoded = jwt.decode(token, self.keys.verification_keys(), algorithms=list(ALGORITHMS))
-        except (BadSignatureError, DecodeError, ValueError) as exc:
-            raise InvalidGrant(
-                "subject_token was not signed by this issuer's keys (foreign, tampered or "
-                f"malformed token: {exc.__class__.__name__}); mint a new launch token"
-            ) from exc
-        except JoseError as exc:
-            raise InvalidGrant(
-                f"subject_token cannot be verified ({exc.description or exc.error}); only "
-                f"{', '.join(ALGORITHMS)} tokens from this issuer are accepted"
-            ) from exc
-        claims = decoded.claims
-        registry = jwt.JWTClaimsRegistry(
-            now=lambda: int(self._clock()),
-            iss={"essential": True, "value": self.config.issuer_url},
-            aud={"essential": True, "value": self.config.issuer_url},
-            exp={"essential": True},
-            jti={"essential": True},
-            run={"essential": True},
-            user={"essential": True},
-        )
-        try:
-            registry.validate(claims)
-        except ExpiredTokenError as exc:
-            raise InvalidGrant(
-                f"the launch token of run {claims.get('run')!r} expired at {claims.get('exp')}; "
-                "the run outlived its maximum lifetime, so relaunch it"
-            ) from exc
-        except InvalidClaimError as exc:
-            if exc.claim in ("nbf", "iat"):
-                raise InvalidGrant(
-                    f"subject_token is not valid yet ({exc.description}); check that the "
-                    "clocks of the issuer and this host agree"
-                ) from exc
-            raise InvalidGrant(
-                f"subject_token is not a launch token of this issuer: {exc.description}"
-            ) from exc
-        except (MissingClaimError, JoseError) as exc:
-            raise InvalidGrant(
-                f"subject_token is not a launch token of this issuer: {exc.description}"
-            ) from exc
-        if claims.get("token_use") != LAUNCH_TOKEN_USE:
-            raise InvalidGrant("subject_token is not a launch token (token_use is not 'launch')")
-        return dict(claims)
+        """The claims of a launch token this issuer signed (launch_tokens.py checks it)."""
+        return self._launch_tokens.verify(token)
 
     def exchange(self, form: Mapping[str, str]) -> ExchangeResult:
         claims: dict[str, Any] = {}
@@ -388,14 +261,10 @@ class IssuerService:
     def _pick_identity(
         self, claims: Mapping[str, Any], audience: str, resource: str | None
     ) -> tuple[str, str]:
-        offered: dict[str, list[str]] = {
-            p: [d.get("name") for d in ds] for p, ds in claims.get("identities", {}).items()
-        }
+        grants = Grants.from_claim(claims.get("identities"), error=InvalidGrant)
+        offered = {p: grants.names(p) for p in PROVIDERS if grants.names(p)}
         if resource:
-            match = _RESOURCE.fullmatch(resource)
-            if not match:
-                raise BadRequest("resource must look like urn:credsidecar:identity:PROVIDER:NAME")
-            provider, name = match.groups()
+            provider, name = parse_identity_urn(resource)
             if name not in offered.get(provider, []):
                 raise InvalidTarget(
                     f"{provider} identity {name!r} is not part of run {claims['run']!r}'s launch "
@@ -480,12 +349,20 @@ class IssuerService:
             kid=kid,
             exp=exp,
         )
-        return ExchangeResult(token, out["jti"], exp, provider, identity.descriptor(user.id))
+        return ExchangeResult(token, out["jti"], exp, provider, identity.grant(user.id).to_claim())
+
+    # keys ---------------------------------------------------------------------------------------
+
+    def rotate_key(self, stage: bool) -> str:
+        """A new signing key, active now or (`stage`) only published; returns its kid."""
+        kid = self.keys.rotate(stage=stage)
+        self.audit.event("key.staged" if stage else "key.rotated", kid=kid)
+        return kid
 
     # revocation ---------------------------------------------------------------------------------
 
     def revoke_run(self, run: str, reason: str | None, caller: str) -> bool:
-        if not _FIELD.fullmatch(run):
+        if not FIELD.fullmatch(run):
             raise BadRequest("run id must be up to 128 letters, digits and _.@:/+=-")
         fresh = self.store.revoke_run(run, int(self._clock()), reason)
         self.audit.event("run.revoked", run=run, reason=reason, caller=caller, first=fresh)

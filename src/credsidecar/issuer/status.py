@@ -1,4 +1,5 @@
-"""`credsidecar issuer status`: a users x providers table, like a managed-identity screen.
+"""`credsidecar issuer status`: a users x providers table, like a managed-identity screen, and
+the members x clusters table of HPC (`hpc_status_table`, rows from HpcService.status).
 
 Each cell shows the identity a user gets by default (across their own grants and their
 workspaces' grants) and how many more they may select; "missing" marks a provider where the user
@@ -11,7 +12,7 @@ from credsidecar.issuer.identities import PROVIDERS
 from credsidecar.issuer.policy import Policy
 from credsidecar.issuer.store import Store
 
-__all__ = ["MISSING", "status_rows", "status_table"]
+__all__ = ["MISSING", "hpc_status_table", "status_rows", "status_table"]
 
 MISSING = "missing"
 
@@ -48,4 +49,21 @@ def status_table(policy: Policy, store: Store | None = None) -> str:
         lines.append("  ".join(row[h].ljust(w) for h, w in zip(headers, widths, strict=True)))
     missing = sum(1 for r in rows for p in PROVIDERS if r[p] == MISSING)
     lines.append(f"{len(rows)} users, {missing} user/provider pairs without a usable identity")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def hpc_status_table(rows: list[dict[str, str]]) -> str:
+    """Members x clusters, like `credsidecar issuer status` for the clouds."""
+    clusters = sorted({k for r in rows for k in r if k != "user"})
+    if not clusters:
+        return "no HPC clusters yet (`credsidecar hpc cluster add`)"
+    headers = ["user", *clusters]
+    widths = [max([len(h)] + [len(r.get(h, "")) for r in rows]) for h in headers]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in rows:
+        lines.append(
+            "  ".join(row.get(h, "").ljust(w) for h, w in zip(headers, widths, strict=True))
+        )
+    missing = sum(1 for r in rows for c in clusters if r.get(c) == MISSING)
+    lines.append(f"{len(rows)} members, {missing} member/cluster pairs without a way in")
     return "\n".join(line.rstrip() for line in lines)

@@ -6,15 +6,11 @@ verifies the token at every exchange, and the clouds verify what the issuer sign
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from joserfc import jws
-from joserfc.errors import JoseError
 
 from credsidecar.errors import ConfigError
+from credsidecar.launch.grants import Grants
+from credsidecar.launch.jwt_parts import unverified_payload
 
 __all__ = ["LaunchClaims", "read_claims"]
 
@@ -29,14 +25,8 @@ class LaunchClaims:
     expires_at: int | None
     workspace: str | None = None
     pipeline: str | None = None
-    # provider -> identity descriptors, the default first (see issuer/identities.py)
-    identities: Mapping[str, list[Mapping[str, Any]]] = field(default_factory=dict)
-
-    def identity(self, provider: str, name: str | None = None) -> Mapping[str, Any] | None:
-        candidates = self.identities.get(provider, [])
-        if name is None:
-            return candidates[0] if candidates else None
-        return next((d for d in candidates if d.get("name") == name), None)
+    # the identities granted per provider, the default first (see launch/grants.py)
+    grants: Grants = field(default_factory=Grants)
 
     @property
     def who(self) -> str:
@@ -46,15 +36,14 @@ class LaunchClaims:
 
 def read_claims(token: str) -> LaunchClaims:
     try:
-        payload = jws.extract_compact(token.encode()).payload
-        claims = json.loads(payload)
-    except (JoseError, ValueError) as exc:
+        claims = unverified_payload(token)  # no JOSE library: nothing is verified here
+    except ValueError as exc:
         raise ConfigError(
             "the launch token is not a JWT (three base64url parts); check the token source"
         ) from exc
     if not isinstance(claims, dict):
         raise ConfigError("the launch token's payload is not a JSON object")
-    identities = claims.get("identities") or {}
+    grants = Grants.from_claim(claims.get("identities"))  # parsed here, once
     return LaunchClaims(
         issuer=str(claims.get("iss", "")),
         subject=str(claims.get("sub", "")),
@@ -64,5 +53,5 @@ def read_claims(token: str) -> LaunchClaims:
         expires_at=claims.get("exp") if isinstance(claims.get("exp"), int) else None,
         workspace=claims.get("workspace"),
         pipeline=claims.get("pipeline"),
-        identities=identities if isinstance(identities, dict) else {},
+        grants=grants,
     )

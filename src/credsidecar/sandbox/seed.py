@@ -1,8 +1,9 @@
 """The sandbox's seed data: users, buckets, roles and who may assume them.
 
-Matches the example policy (issuer/example.py): alice and bob each own a bucket and share a
-read-only reference bucket, in AWS (roles), GCP (service accounts) and Azure (user-assigned
-managed identities and blob containers) alike.
+The example policy (issuer/example.py) is generated from this data: alice and bob each own a
+bucket and share a read-only reference bucket, in AWS (roles), GCP (service accounts) and Azure
+(user-assigned managed identities and blob containers) alike. Each identity names the users the
+issuer grants it; one held by every member of the genomics workspace is granted to the workspace.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ __all__ = [
     "REFERENCE_BODY",
     "REFERENCE_KEY",
     "ROLES",
+    "USERS",
+    "WORKSPACE",
+    "WORKSPACE_MEMBERS",
     "SandboxManagedIdentity",
     "SandboxRole",
     "SandboxServiceAccount",
@@ -36,6 +40,9 @@ ACCOUNT = "123456789012"  # moto's default account
 REFERENCE_KEY = "refs/genome.fa"
 REFERENCE_BODY = b">chr1 sandbox reference\nACGTACGTACGTACGT\n"
 BUCKETS = ("alice-data", "bob-data", "shared-refs")
+USERS = ("alice", "bob")  # the users with data (the example policy adds carol, with no grants)
+WORKSPACE = "genomics"
+WORKSPACE_MEMBERS = USERS
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class SandboxRole:
     read_write: tuple[str, ...]
     read_only: tuple[str, ...]
     subjects: tuple[str, ...]  # `sub` values the web-identity trust policy admits
+    session_tags: tuple[tuple[str, str], ...] = ()  # the example policy's tags for its sessions
 
     @property
     def arn(self) -> str:
@@ -53,7 +61,9 @@ class SandboxRole:
 ROLES = (
     SandboxRole("alice-data", ("alice-data",), ("shared-refs",), ("alice",)),
     SandboxRole("bob-data", ("bob-data",), ("shared-refs",), ("bob",)),
-    SandboxRole("genomics-readonly", (), ("shared-refs",), ("alice", "bob")),
+    SandboxRole(
+        "genomics-readonly", (), ("shared-refs",), ("alice", "bob"), (("cost-center", "genomics"),)
+    ),
 )
 
 
@@ -110,6 +120,7 @@ class SandboxManagedIdentity:
     object_id: str  # the service principal's object id: `oid` (and `sub`) of its tokens
     read_write: tuple[str, ...]  # containers: Storage Blob Data Contributor
     read_only: tuple[str, ...]  # containers: Storage Blob Data Reader
+    users: tuple[str, ...]  # who the example policy grants it (Entra trusts the issuer's choice)
 
     @property
     def subject(self) -> str:
@@ -127,14 +138,14 @@ class SandboxManagedIdentity:
 AZURE_IDENTITIES = (
     SandboxManagedIdentity(
         "alice", "00000000-0000-4000-8000-0000000000a2", "00000000-0000-4000-8000-0000000000b2",
-        ("alice-data",), ("shared-refs",),
+        ("alice-data",), ("shared-refs",), ("alice",),
     ),
     SandboxManagedIdentity(
         "bob", "00000000-0000-4000-8000-0000000000a3", "00000000-0000-4000-8000-0000000000b3",
-        ("bob-data",), ("shared-refs",),
+        ("bob-data",), ("shared-refs",), ("bob",),
     ),
     SandboxManagedIdentity(
         "genomics-pipelines", "00000000-0000-4000-8000-0000000000a1",
-        "00000000-0000-4000-8000-0000000000b1", (), ("shared-refs",),
+        "00000000-0000-4000-8000-0000000000b1", (), ("shared-refs",), WORKSPACE_MEMBERS,
     ),
 )  # fmt: skip

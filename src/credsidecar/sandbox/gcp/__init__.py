@@ -1,0 +1,1 @@
+"""GCP in the sandbox: Security Token Service, IAM Credentials and Cloud Storage stand-ins."""

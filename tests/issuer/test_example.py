@@ -1,0 +1,83 @@
+"""The example policy is generated from the sandbox seed and grants exactly its identities."""
+
+from __future__ import annotations
+
+import pytest
+
+from credsidecar.issuer.example import EXAMPLE_POLICY
+from credsidecar.issuer.identities import AwsIdentity, AzureIdentity, GcpIdentity
+from credsidecar.issuer.policy import Policy, parse_policy
+from credsidecar.sandbox.seed import (
+    AZURE_IDENTITIES,
+    AZURE_TENANT_ID,
+    GCP_AUDIENCE,
+    GCP_PROJECT_ID,
+    GCP_PROJECT_NUMBER,
+    GCP_SERVICE_ACCOUNTS,
+    ROLES,
+    USERS,
+    WORKSPACE,
+)
+
+
+def seeded(user: str) -> dict[str, set[str]]:
+    """Per provider, the sandbox identities that admit `user` (trust policy, IAM binding, or
+    the users the seed gives a managed identity)."""
+    return {
+        "aws": {r.name for r in ROLES if user in r.subjects},
+        "gcp": {a.email.split("@")[0] for a in GCP_SERVICE_ACCOUNTS if user in a.subjects},
+        "azure": {i.name for i in AZURE_IDENTITIES if user in i.users},
+    }
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return parse_policy(EXAMPLE_POLICY, "the example policy")
+
+
+@pytest.mark.parametrize("user", [*USERS, "carol"])
+def test_each_user_is_granted_exactly_the_seeded_identities_that_admit_them(
+    policy: Policy, user: str
+) -> None:
+    for provider, names in seeded(user).items():
+        granted = {i.name for i in policy.granted(user, None, None, provider)}
+        if user in policy.workspaces[WORKSPACE].members:
+            granted |= {i.name for i in policy.granted(user, WORKSPACE, None, provider)}
+        assert granted == names, (user, provider)
+
+
+def test_every_seeded_identity_is_in_the_policy_with_the_seeds_values(policy: Policy) -> None:
+    aws = policy.identities["aws"]
+    assert set(aws) == {r.name for r in ROLES}
+    for role in ROLES:
+        identity = aws[role.name]
+        assert isinstance(identity, AwsIdentity)
+        assert (identity.role_arn, dict(identity.session_tags)) == (
+            role.arn,
+            dict(role.session_tags),
+        )
+    gcp = policy.identities["gcp"]
+    assert set(gcp) == {a.email.split("@")[0] for a in GCP_SERVICE_ACCOUNTS}
+    for account in GCP_SERVICE_ACCOUNTS:
+        identity = gcp[account.email.split("@")[0]]
+        assert isinstance(identity, GcpIdentity)
+        assert (identity.gcp_audience, identity.service_account) == (GCP_AUDIENCE, account.email)
+        assert (identity.project_id, identity.project_number) == (
+            GCP_PROJECT_ID,
+            GCP_PROJECT_NUMBER,
+        )
+    azure = policy.identities["azure"]
+    assert set(azure) == {i.name for i in AZURE_IDENTITIES}
+    for seed in AZURE_IDENTITIES:
+        identity = azure[seed.name]
+        assert isinstance(identity, AzureIdentity)
+        assert (identity.tenant_id, identity.client_id, identity.subject) == (
+            AZURE_TENANT_ID, seed.client_id, seed.subject,
+        )  # fmt: skip
+        assert (identity.object_id, identity.resource_id) == (seed.object_id, seed.resource_id)
+
+
+def test_the_policy_explains_itself_to_a_newcomer() -> None:
+    """Each section of the generated text starts with a comment saying what it holds."""
+    for heading in ("# Users:", "# AWS:", "# GCP:", "# Azure:", "# HPC:", "# Grants:"):
+        assert heading in EXAMPLE_POLICY
