@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from credsidecar import __version__
+from credsidecar.cli import main as cli_main
 from credsidecar.issuer.example import write_example
 
 CLI = [sys.executable, "-m", "credsidecar"]
@@ -41,7 +42,7 @@ def test_version() -> None:
         ["issuer", "new-user-key"], ["issuer", "revoke-user-key"], ["issuer", "new-kek"],
         ["hpc"], ["hpc", "run"], ["hpc", "check"], ["hpc", "cert"], ["hpc", "cluster"],
         ["hpc", "cluster", "add"], ["hpc", "credential", "set"], ["hpc", "status"],
-        ["hpc", "ca-public-key"],
+        ["hpc", "ca-public-key"], ["healthcheck"], ["start"], ["run"],
     ],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
@@ -267,3 +268,18 @@ def test_a_non_root_user_is_refused_a_run_directory_root_owns(
     assert f"run directory {run_dir} is owned by uid 0, not you (uid {NOBODY})" in done.stderr
     assert "Traceback" not in done.stderr
     assert untouched(run_dir, mode)
+
+
+def test_dev_without_the_sandbox_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The container image installs no sandbox: `IMAGE dev` must not end in a traceback."""
+    import credsidecar.dev
+
+    async def missing(args: object) -> int:
+        raise ModuleNotFoundError("No module named 'moto'", name="moto")
+
+    monkeypatch.setattr(credsidecar.dev, "run_dev", missing)
+    assert cli_main(["dev"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'credsidecar[sandbox]'" in err and "Traceback" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from credsidecar.config import (
     SidecarConfig,
     add_env_command_arguments,
     add_sidecar_arguments,
+    default_run_dir,
     env_command_from_args,
     from_args,
 )
@@ -258,3 +260,14 @@ def test_importing_the_config_loads_no_server_or_sdk_module() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)  # fmt: skip
     assert done.stdout.strip() == "[]"
+
+
+def test_the_default_run_directory_is_named_without_probing_the_temporary_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A read-only container with no writable /tmp still builds the parser (`--help`,
+    `healthcheck`): the default is only a name, checked when `serve` or `env` use it."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    assert default_run_dir() == tmp_path / "missing" / f"credsidecar-{os.geteuid()}"

@@ -129,3 +129,38 @@ async def test_a_launch_token_on_stdin_is_read_off_the_loop(
         source = await _token_source(SidecarConfig(token_stdin=True, run_dir=tmp_path))
     assert await source.read() == "a.b.c"
     assert source.description == "standard input"
+
+
+async def test_a_stop_while_waiting_for_the_first_credentials_ends_the_sidecar_cleanly(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM (here: the stop event the signal handler sets) must not wait for readiness: as
+    PID 1 in a container an unhandled SIGTERM is ignored and the runtime kills the sidecar."""
+    token = tmp_path / "token"
+    token.write_text("direct.token.value")
+    attempts = asyncio.Event()
+
+    async def unavailable(request: web.Request) -> web.Response:
+        attempts.set()
+        return web.Response(status=503, text="<ErrorResponse/>", content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/", unavailable)
+    async with TestServer(app) as sts:
+        config = SidecarConfig(
+            direct_token_file=token,
+            aws_role_arn=ROLE,
+            aws_sts_endpoint=str(sts.make_url("/")),
+            clouds=frozenset({"aws"}),
+            run_dir=tmp_path / "run",
+            audit_log=str(tmp_path / "audit.jsonl"),
+            ready_timeout=600,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_sidecar(config, stop))
+        await attempts.wait()  # it is retrying STS, not ready
+        stop.set()
+        assert await asyncio.wait_for(task, timeout=60) == 0
+    assert await asyncio.to_thread(lambda: list((tmp_path / "run").iterdir())) == []
+    audit = await asyncio.to_thread((tmp_path / "audit.jsonl").read_text)
+    assert '"event":"sidecar.stopped"' in audit and '"event":"sidecar.ready"' not in audit

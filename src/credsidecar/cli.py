@@ -11,6 +11,9 @@ credsidecar token mint               mint a launch token locally (admins, develo
                                      (issuer and token commands: issuer/cli.py)
 credsidecar hpc ...                  per-user SSH to HPC clusters (hpc/cli.py)
 credsidecar serve                    the sidecar beside a job; env: the job's environment
+credsidecar healthcheck              exit 0 when the sidecar is ready (an exec probe)
+credsidecar start / run              the sidecar inside a task, no second container
+                                     (launcher.py)
 credsidecar sandbox                  only the local sandbox clouds
 credsidecar dev                      run the whole flow locally with no cloud account
 """
@@ -25,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from credsidecar import __version__
-from credsidecar.errors import CredsidecarError
+from credsidecar.errors import ConfigError, CredsidecarError
 
 if TYPE_CHECKING:  # commands import what they run: building the parser stays light
     import asyncio
@@ -35,20 +38,43 @@ __all__ = ["main"]
 log = logging.getLogger("credsidecar")
 
 
+# What the `sandbox` extra brings: `dev` and `sandbox` cannot run without it (the container
+# image, for one, installs only what `serve` and `issuer` need).
+_SANDBOX_MODULES = frozenset({"moto", "boto3", "botocore", "werkzeug", "flask"})
+
+
+def _with_sandbox(run: Callable[[], int], command: str) -> int:
+    try:
+        return run()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _SANDBOX_MODULES:
+            raise
+        raise ConfigError(
+            f"`credsidecar {command}` needs the sandbox clouds, which are not installed here "
+            f"(no module {exc.name!r}); install them with `pip install 'credsidecar[sandbox]'`"
+        ) from None
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     import asyncio
 
-    from credsidecar.dev import run_dev
+    def run() -> int:
+        from credsidecar.dev import run_dev
 
-    return asyncio.run(run_dev(args))
+        return asyncio.run(run_dev(args))
+
+    return _with_sandbox(run, "dev")
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     import asyncio
 
-    from credsidecar.dev import run_sandbox
+    def run() -> int:
+        from credsidecar.dev import run_sandbox
 
-    return asyncio.run(run_sandbox(args))
+        return asyncio.run(run_sandbox(args))
+
+    return _with_sandbox(run, "sandbox")
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -100,6 +126,89 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_healthcheck(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from credsidecar.config import default_run_dir
+    from credsidecar.launcher import healthcheck
+
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
+    ready, reason = healthcheck(run_dir, args.timeout)
+    if not ready:
+        print(f"credsidecar: {reason}", file=sys.stderr)
+    return 0 if ready else 1
+
+
+def _launcher_flags(args: argparse.Namespace) -> list[str]:
+    """The words after `start`/`run` as typed (before `--`), without the launcher's own."""
+    from credsidecar.launcher import serve_argv
+
+    raw: list[str] = args.raw_argv
+    at = next(i for i, word in enumerate(raw)
+              if word == args.command and (i == 0 or raw[i - 1] != "--log-level"))  # fmt: skip
+    tail = raw[at + 1 :]
+    return serve_argv(tail[: tail.index("--")] if "--" in tail else tail)
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    import os
+
+    from credsidecar.config import from_args
+    from credsidecar.launcher import start_detached
+
+    config = from_args(args)  # refuses bad flags here, before anything starts
+    exit_with = config.exit_with if config.exit_with is not None else os.getppid()
+    text = start_detached(
+        _launcher_flags(args),
+        config.run_dir,
+        exit_with,
+        args.wait,
+        args.log_file,
+        config.token_stdin,
+    )
+    sys.stdout.write(text)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from credsidecar.config import from_args
+    from credsidecar.launcher import run_command
+
+    config = from_args(args)
+    if "--" not in args.raw_argv:
+        print("credsidecar run: put the command after `--`, e.g. `credsidecar run "
+              "--token-file F -- aws s3 ls`", file=sys.stderr)  # fmt: skip
+        return 2
+    return run_command(
+        _launcher_flags(args),
+        args.job_command,
+        config.run_dir,
+        args.wait,
+        args.log_file,
+        config.token_stdin,
+    )
+
+
+def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
+    from credsidecar.config import add_sidecar_arguments
+
+    add_sidecar_arguments(parser, os.environ)
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up if the sidecar is not ready within this many seconds (default 60)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        help="the sidecar's log (default: sidecar.log in the run directory)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="credsidecar",
@@ -138,6 +247,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_env_command_arguments(env, os.environ)
     env.set_defaults(func=_cmd_env)
+
+    health = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when the sidecar is ready (a probe; needs no curl)",
+        description="GET /readyz at the sidecar using this run directory (the one `credsidecar "
+        "env` reads): exit 0 when it is ready, 1 with the reason otherwise.",
+    )
+    health.add_argument(
+        "--run-dir",
+        default=os.environ.get("CREDSIDECAR_RUN_DIR"),
+        help="the sidecar's --run-dir (default: $CREDSIDECAR_RUN_DIR, else serve's default)",
+    )
+    health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS", help="default 2")
+    health.set_defaults(func=_cmd_healthcheck)
+
+    start = commands.add_parser(
+        "start",
+        allow_abbrev=False,
+        help="start the sidecar in the background and print the job environment",
+        description='`eval "$(credsidecar start --token-file F --exit-with $$)"`: start `serve` '
+        "detached (same flags; output to --log-file), tied to --exit-with (default: the "
+        "calling shell), wait until it is ready and print the export/unset lines.",
+    )
+    _add_launcher_arguments(start)
+    start.set_defaults(func=_cmd_start)
+
+    run = commands.add_parser(
+        "run",
+        allow_abbrev=False,
+        help="run a command with the sidecar's job environment",
+        description="`credsidecar run [serve flags] -- CMD ARGS...`: start the sidecar, run CMD "
+        "with the job environment, stop the sidecar when CMD ends and exit with CMD's status.",
+    )
+    _add_launcher_arguments(run)
+    run.add_argument("job_command", nargs="*", metavar="CMD", help="after `--`")
+    run.set_defaults(func=_cmd_run)
 
     from credsidecar.hpc.cli import add_hpc_parser
 
@@ -185,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

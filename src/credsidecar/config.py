@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,10 @@ def default_run_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "credsidecar"
-    return Path(tempfile.gettempdir()) / f"credsidecar-{os.geteuid()}"
+    # $TMPDIR or /tmp, named without probing it (tempfile.gettempdir() tries to write there and
+    # raises where no temporary directory is writable: a read-only container with only a
+    # run-directory volume must still get `--help` and `healthcheck`).
+    return Path(os.environ.get("TMPDIR") or "/tmp") / f"credsidecar-{os.geteuid()}"  # noqa: S108
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class SidecarConfig:
     allow_uids: frozenset[int] = frozenset()
     # Answer every local peer: only where the network namespace holds nothing but the job.
     any_local_peer: bool = False
+    # Every endpoint needs the per-job secret (loopback shared with other jobs of our uid).
+    secret_only: bool = False
     run_dir: Path = field(default_factory=default_run_dir)
     env_file: Path | None = None
     exit_with: int | None = None
@@ -220,6 +224,9 @@ SIDECAR_OPTIONS: tuple[Option, ...] = (
         Option("--any-local-peer", SWITCH, "answer every local peer, whatever its Unix user: only "
                "where the network namespace holds nothing but the job (a Kubernetes pod, a "
                "compose service sharing the sidecar's network)"),
+        Option("--secret-only", SWITCH, "serve only endpoints that need the per-job secret "
+               "(AWS container endpoint, Azure IDENTITY_HEADER, GCP external-account file): "
+               "for hosts whose loopback other jobs share"),
         Option("--run-dir", PATH, "private directory for secrets and the env file (default "
                "{default})"),
         Option("--env-file", PATH, "write the job's export/unset lines here, atomically, once "

@@ -157,6 +157,23 @@ async def run_sidecar(
 ) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    # SIGTERM/SIGINT stop the sidecar from the first moment, also while it waits for its first
+    # credentials: as PID 1 in a container an unhandled SIGTERM is ignored, and the runtime
+    # would kill it after its grace period.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _run(config, stop, started)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+
+async def _run(
+    config: SidecarConfig, stop: asyncio.Event, started: asyncio.Future[RunningSidecar] | None
+) -> int:
     # Start-up I/O runs off the loop, like the rest. A bad --ca-file stops here, before
     # anything starts (loading CA files, the system's included, reads the disk).
     tls = await asyncio.to_thread(_tls_context, config.ca_file)
@@ -188,6 +205,7 @@ async def run_sidecar(
         refusals = RefusalLog(audit)
         peers = PeerPolicy.for_job(config.allow_uids, config.any_local_peer)
         ctx = Context(config, claims, supplier, session, audit, who, url, hosts, refusals, peers)
+        stopping: list[asyncio.Task[object]] = []
         try:
             builders = (("aws", build_aws), ("gcp", build_gcp), ("azure", build_azure))
             for name, build in builders:
@@ -202,7 +220,19 @@ async def run_sidecar(
                     f"{who_text} carries no cloud identity to serve; grant one in the policy "
                     "or pass --aws-role-arn"
                 )
-            await asyncio.gather(*(p.start() for p in providers))
+            stopping.append(asyncio.create_task(stop.wait()))
+            if config.exit_with is not None:
+                stopping.append(asyncio.create_task(_wait_for_pid_exit(config.exit_with)))
+            starting: asyncio.Future[object] = asyncio.ensure_future(
+                asyncio.gather(*(p.start() for p in providers))
+            )
+            await asyncio.wait([starting, *stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():  # stopped (or the job ended) before the first credentials
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                log.info("sidecar stopping before it was ready")
+                return 0
+            starting.result()  # a failed start raises here
             guard = Guard(hosts, refusals, config.link_local, peers=peers)
             app = create_sidecar_app(guard, providers)
             async with _serving(app, sock):
@@ -217,23 +247,14 @@ async def run_sidecar(
                 audit.event("sidecar.ready", **who, url=url, providers=[p.name for p in providers])
                 if started is not None and not started.done():
                     started.set_result(RunningSidecar(url, port, env_text))
-                waiters: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
-                if config.exit_with is not None:
-                    waiters.append(asyncio.create_task(_wait_for_pid_exit(config.exit_with)))
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    with contextlib.suppress(RuntimeError, ValueError):
-                        loop.add_signal_handler(sig, stop.set)
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for task in waiters:
-                    task.cancel()
+                await asyncio.wait(stopping, return_when=asyncio.FIRST_COMPLETED)
                 log.info("sidecar stopping")
         finally:
+            for task in stopping:
+                task.cancel()
             sock.close()
             for provider in providers:
                 await provider.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(RuntimeError, ValueError):
-                    loop.remove_signal_handler(sig)
             private = [run_dir / ENV_FILE_NAME, run_dir / AWS_TOKEN_FILE_NAME]
             private += [f for p in providers for f in p.private_files]
             await asyncio.to_thread(_remove_files, private, config.env_file, env_file_id)

@@ -8,9 +8,11 @@ launch token (and no override flag) is simply absent.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,13 @@ from credsidecar.endpoints.azure import (
     with_error_fields,
 )
 from credsidecar.endpoints.gcp import GcpEndpoints, add_flavor
+from credsidecar.endpoints.gcp_external import (
+    SUBJECT_TOKEN_PATH,
+    GcpSubjectTokenEndpoint,
+    SubjectToken,
+    external_account_config,
+    jwt_expiry,
+)
 from credsidecar.endpoints.guards import Guard, PeerPolicy, RefusalLog
 from credsidecar.errors import ConfigError
 from credsidecar.jobenv import AWS_UNSET, AZURE_UNSET, GCP_UNSET, write_private_atomic
@@ -46,6 +55,11 @@ __all__ = ["Context", "Provider", "build_aws", "build_azure", "build_gcp"]
 log = logging.getLogger(__name__)
 
 AWS_TOKEN_FILE_NAME = "aws-container-token"  # noqa: S105 - a file name
+GCP_EXTERNAL_ACCOUNT_FILE_NAME = "gcp-external-account.json"
+# Exported by every cloud: where `credsidecar healthcheck` finds the sidecar.
+URL_VARIABLE = "CREDSIDECAR_URL"
+# Variables of the metadata-server mode a job must not keep in --secret-only mode.
+GCP_METADATA_VARIABLES = ("GCE_METADATA_HOST", "GCE_METADATA_IP", "METADATA_SERVER_DETECTION")
 ARM_RESOURCE = "https://management.azure.com/"
 
 
@@ -130,7 +144,9 @@ async def build_aws(ctx: Context) -> Provider | None:
     guard = Guard(ctx.hosts, ctx.refusals, config.link_local, peers=ctx.peers)
     role_name = settings.role_arn.rsplit("/", 1)[-1]
     endpoints = AwsEndpoints(cache, secret, ctx.audit, guard, role_name, ctx.who)
+    routes = endpoints.routes()
     exports = {
+        URL_VARIABLE: ctx.url,
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{ctx.url}{CONTAINER_PATH}",
         # Java reads the variable, botocore/Go/JS prefer the file: both hold the secret.
         "AWS_CONTAINER_AUTHORIZATION_TOKEN": secret,
@@ -141,6 +157,15 @@ async def build_aws(ctx: Context) -> Provider | None:
         "AWS_DEFAULT_REGION": config.aws_region,
     }
     unsets = list(AWS_UNSET)
+    if config.secret_only:
+        # IMDSv2's session token is no secret: anyone on the loopback can PUT for one.
+        routes = [r for r in routes if r.path == CONTAINER_PATH]
+        del exports["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
+        del exports["AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"]
+        # Without it an SDK that misses the container endpoint would ask the host's real IMDS
+        # (the node's role) instead of failing.
+        exports["AWS_EC2_METADATA_DISABLED"] = "true"
+        unsets += ["AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"]
     if not config.keep_aws_config:
         exports["AWS_CONFIG_FILE"] = os.devnull
         exports["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
@@ -151,7 +176,7 @@ async def build_aws(ctx: Context) -> Provider | None:
     return Provider(
         name="aws",
         description=exchanger.description,
-        routes=guard.routes(endpoints.routes()),
+        routes=guard.routes(routes),
         exports=exports,
         unsets=unsets,
         start=lambda: cache.start(config.ready_timeout),
@@ -176,6 +201,8 @@ async def build_gcp(ctx: Context) -> Provider | None:
         iam_url=config.gcp_iam_url,
         lifetime=config.gcp_lifetime,
     )
+    if config.secret_only:
+        return await _build_gcp_external(ctx, settings)
     exchanger = GcpExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
 
     def obtained(kind: str) -> Callable[[object, GcpToken | GcpIdToken], None]:
@@ -203,6 +230,7 @@ async def build_gcp(ctx: Context) -> Provider | None:
     await asyncio.to_thread(gcloud_dir.mkdir, mode=0o700, exist_ok=True)
     host = ctx.url.removeprefix("http://")
     exports = {
+        URL_VARIABLE: ctx.url,
         "GCE_METADATA_HOST": host,
         "GCE_METADATA_IP": host,  # Node reads the IP first; Python pings the IP
         "METADATA_SERVER_DETECTION": "assume-present",
@@ -230,6 +258,70 @@ async def build_gcp(ctx: Context) -> Provider | None:
         start=start,
         ready=lambda: tokens.current(default),
         close=close,
+    )
+
+
+async def _build_gcp_external(ctx: Context, settings: GcpSettings) -> Provider:
+    """--secret-only: an external-account file instead of the metadata server; the job's
+    Google libraries call STS (and IAM Credentials) themselves with the token served here."""
+    config = ctx.config
+    who = ctx.who_text
+    target = settings.service_account or f"provider {settings.audience}"
+
+    async def fetch() -> SubjectToken:
+        found = await ctx.supplier.token(settings.audience, "gcp", settings.identity_name)
+        expires_at = found.expires_at
+        if expires_at is None:  # direct mode: the token file's own expiry
+            expires_at = jwt_expiry(found.token, time.time())
+        return SubjectToken(found.token, expires_at)
+
+    def obtained(value: SubjectToken) -> None:
+        ctx.audit.event("credentials.obtained", **ctx.who, provider="gcp", kind="subject_token",
+                        identity=settings.service_account or settings.audience,
+                        expiry=int(value.expires_at))  # fmt: skip
+
+    cache: CredentialCache[SubjectToken] = CredentialCache(
+        f"GCP subject token ({who} as {target})", fetch, on_new=obtained
+    )
+    secret = secrets.token_urlsafe(32)
+    guard = Guard(ctx.hosts, ctx.refusals, config.link_local, peers=ctx.peers)
+    endpoint = GcpSubjectTokenEndpoint(cache, secret, guard, ctx.audit, ctx.who,
+                                       settings.audience)  # fmt: skip
+    impersonation = None
+    if settings.service_account:
+        impersonation = (f"{settings.iam_url}/v1/projects/-/serviceAccounts/"
+                         f"{settings.service_account}:generateAccessToken")  # fmt: skip
+    document = external_account_config(
+        audience=settings.audience,
+        subject_token_url=f"{ctx.url}{SUBJECT_TOKEN_PATH}",
+        secret=secret,
+        token_url=settings.sts_url,
+        impersonation_url=impersonation,
+        lifetime=settings.lifetime,
+    )
+    path = config.run_dir / GCP_EXTERNAL_ACCOUNT_FILE_NAME
+    await asyncio.to_thread(write_private_atomic, path, json.dumps(document, indent=2))
+    gcloud_dir = config.run_dir / "gcloud"
+    await asyncio.to_thread(gcloud_dir.mkdir, mode=0o700, exist_ok=True)
+    exports = {
+        URL_VARIABLE: ctx.url,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(path),
+        # No metadata server here: libraries must not probe for (or fall back to) the host's.
+        "NO_GCE_CHECK": "True",
+        "CLOUDSDK_CONFIG": str(gcloud_dir),
+    }
+    if settings.project_id:
+        exports["GOOGLE_CLOUD_PROJECT"] = settings.project_id
+    return Provider(
+        name="gcp",
+        description=f"{who} as {target} (external account)",
+        routes=guard.routes(endpoint.routes()),
+        exports=exports,
+        unsets=[*GCP_UNSET, *GCP_METADATA_VARIABLES],
+        start=lambda: cache.start(config.ready_timeout),
+        ready=cache.current_entry,
+        close=cache.close,
+        private_files=[path],
     )
 
 
@@ -268,15 +360,23 @@ async def build_azure(ctx: Context) -> Provider | None:
         ctx.hosts, ctx.refusals, config.link_local, decorate=with_error_fields, peers=ctx.peers
     )
     endpoints = AzureEndpoints(tokens, identities, secret, guard, ctx.audit, ctx.who)
+    routes = endpoints.routes()
     az_dir = config.run_dir / "azure"
     await asyncio.to_thread(az_dir.mkdir, mode=0o700, exist_ok=True)
     exports = {
+        URL_VARIABLE: ctx.url,
         "IDENTITY_ENDPOINT": f"{ctx.url}{APP_SERVICE_PATH}",
         "IDENTITY_HEADER": secret,
         "AZURE_POD_IDENTITY_AUTHORITY_HOST": ctx.url,
         # az keeps logins in its config directory; a private empty one starts clean.
         "AZURE_CONFIG_DIR": str(az_dir),
     }
+    unsets = list(AZURE_UNSET)
+    if config.secret_only:
+        # The IMDS path's only check is a `Metadata: true` header anyone can send.
+        routes = [r for r in routes if r.path == APP_SERVICE_PATH]
+        del exports["AZURE_POD_IDENTITY_AUTHORITY_HOST"]
+        unsets.append("AZURE_POD_IDENTITY_AUTHORITY_HOST")
     first = identities[0]
 
     async def start() -> None:
@@ -285,9 +385,9 @@ async def build_azure(ctx: Context) -> Provider | None:
     return Provider(
         name="azure",
         description=f"{ctx.who_text} as Azure identity {first.name} ({first.client_id})",
-        routes=guard.routes(endpoints.routes()),
+        routes=guard.routes(routes),
         exports=exports,
-        unsets=list(AZURE_UNSET),
+        unsets=unsets,
         start=start,
         ready=lambda: tokens.current(ready_key),
         close=tokens.close,
