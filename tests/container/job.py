@@ -1,29 +1,69 @@
-"""The job container's client in classic-pod.yaml: only the standard library (the image has no
-cloud SDK). Prints one JSON object: what the container endpoint answered with and without the
-per-job secret."""
+"""The job container's client in tests/container/test_pod.py: unmodified cloud SDKs as alice.
+
+Runs in the sandbox image (boto3, google-cloud-storage, azure-identity and azure-storage-blob)
+with the env file of deploy/kubernetes/pipeline-pod-classic.yaml's sidecar sourced, none of the
+SDKs told about credsidecar. Lists alice's S3 bucket, GCS bucket and Azure container (allowed)
+and bob's (denied). The Azure account URL is the one thing no variable names: the test passes it
+as SANDBOX_BLOB_URL. Prints one `pod-job: CHECK -> OUTCOME` line per check, then `pod-job: ok`
+and exits 0 when every outcome is the expected one, else `pod-job: FAILED (N)` and exits 1.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
-import urllib.error
-import urllib.request
+import sys
+from collections.abc import Callable
+
+import boto3
+from azure.core.exceptions import HttpResponseError
+from azure.identity import DefaultAzureCredential
+from azure.storage.blob import BlobServiceClient
+from botocore.exceptions import ClientError
+from google.api_core.exceptions import GoogleAPICallError
+from google.cloud import storage
+
+USER, OTHER = "alice", "bob"
 
 
-def fetch(authorization: str | None) -> dict[str, object]:
-    request = urllib.request.Request(os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"])
-    if authorization is not None:
-        request.add_header("Authorization", authorization)
+def outcome(how: Callable[[], object]) -> str:
+    """A cloud SDK call: `ok`, or the error code the cloud answered with."""
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            body = json.loads(resp.read())
-            return {"status": resp.status, "key": body["AccessKeyId"][:4]}
-    except urllib.error.HTTPError as exc:
-        return {"status": exc.code}
+        how()
+    except ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+    except GoogleAPICallError as exc:
+        return type(exc).__name__
+    except HttpResponseError as exc:
+        return str(exc.error_code or exc.status_code)
+    return "ok"
 
 
-secret_file = os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
-secret = pathlib.Path(secret_file).read_text() if secret_file else None
-secret = secret or os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
-print(json.dumps({"with_secret": fetch(secret), "without_secret": fetch(None)}), flush=True)
+def main() -> int:
+    s3 = boto3.client("s3")
+    gcs = storage.Client()
+    blobs = BlobServiceClient(os.environ["SANDBOX_BLOB_URL"], credential=DefaultAzureCredential())
+    # check -> (how, the expected outcome)
+    checks: dict[str, tuple[Callable[[], object], str]] = {}
+    for user, s3_expected, gcs_expected, blob_expected in [
+        (USER, "ok", "ok", "ok"),
+        (OTHER, "AccessDenied", "Forbidden", "AuthorizationPermissionMismatch"),
+    ]:
+        bucket = f"{user}-data"
+        checks[f"s3 list {bucket}"] = (lambda b=bucket: s3.list_objects_v2(Bucket=b), s3_expected)
+        checks[f"gcs list {bucket}"] = (lambda b=bucket: list(gcs.list_blobs(b)), gcs_expected)
+        checks[f"blob list {bucket}"] = (
+            lambda b=bucket: list(blobs.get_container_client(b).list_blobs()),
+            blob_expected,
+        )
+    failed = 0
+    for name, (how, expected) in checks.items():
+        got = outcome(how)
+        failed += got != expected
+        note = "" if got == expected else f"  (expected {expected})"
+        print(f"pod-job: {name} -> {got}{note}", flush=True)
+    print(f"pod-job: FAILED ({failed})" if failed else "pod-job: ok", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
