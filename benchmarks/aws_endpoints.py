@@ -112,7 +112,9 @@ def load_section(bench: Bench, token: str) -> None:
         def new_imds_token() -> None:
             imds_headers[TOKEN_HEADER] = imds_token(url)
 
-        bench.figures.load = harness.run_rounds(bench, targets, before_round=new_imds_token)
+        bench.figures.load = harness.run_rounds(
+            bench, targets, (base.pid, sidecar.proc.pid), before_round=new_imds_token
+        )
         harness.record_rss(bench, sidecar, base)
         bench.procs.stop(base)
         if bench.args.profile:

@@ -86,7 +86,7 @@ def load_section(bench: Bench, token: str) -> None:
             Target("IMDS", "GET /metadata/identity/oauth2/token (Metadata: true)",
                    url + IMDS_PATH, dict(METADATA), baseline=BARE_IMDS),
         ]  # fmt: skip
-        bench.figures.load = harness.run_rounds(bench, targets)
+        bench.figures.load = harness.run_rounds(bench, targets, (base.pid, sidecar.proc.pid))
         harness.record_rss(bench, sidecar, base)
         bench.procs.stop(base)
         if bench.args.profile:

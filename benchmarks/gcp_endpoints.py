@@ -91,7 +91,7 @@ def load_section(bench: Bench, token: str) -> None:
                 baseline=BARE_IDENTITY,
             ),
         ]
-        bench.figures.load = harness.run_rounds(bench, targets)
+        bench.figures.load = harness.run_rounds(bench, targets, (base.pid, sidecar.proc.pid))
         harness.record_rss(bench, sidecar, base)
         bench.procs.stop(base)
         if bench.args.profile:

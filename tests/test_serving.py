@@ -163,6 +163,7 @@ class Served:
     port: int
     clock: FakeClock
     release: asyncio.Event
+    entered: asyncio.Queue[None]  # one item each time /block's handler starts (its request busy)
 
     def spy(self, method: str) -> asyncio.Event:
         """An event set the next time the site's tracker handles `method` (opened, data...)."""
@@ -181,11 +182,13 @@ class Served:
 @pytest.fixture
 async def served(clock: FakeClock) -> AsyncIterator[Served]:
     release = asyncio.Event()
+    entered: asyncio.Queue[None] = asyncio.Queue()
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def block(request: web.Request) -> web.Response:
+        entered.put_nowait(None)
         await release.wait()
         return web.Response(text="released")
 
@@ -200,7 +203,7 @@ async def served(clock: FakeClock) -> AsyncIterator[Served]:
     sock.setblocking(False)
     port = sock.getsockname()[1]
     async with serving(app, sock, limits=limits, clock=clock) as site:
-        yield Served(site, port, clock, release)
+        yield Served(site, port, clock, release, entered)
 
 
 class Conn:
@@ -259,9 +262,8 @@ async def test_when_every_connection_is_busy_the_new_one_is_closed(served: Serve
     busy = [await Conn.open(served.port) for _ in range(served.site.tracker.cap)]
     try:
         for conn in busy:
-            started = served.spy("request_started")
             conn.writer.write(b"GET /block HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            await started.wait()
+            await served.entered.get()
         turned_away = await Conn.open(served.port)
         busy.append(turned_away)  # closed with the others
         assert await turned_away.closed_by_server()
@@ -280,7 +282,7 @@ async def test_the_site_closes_half_a_request_head_after_the_header_timeout(
     slow = await Conn.open(served.port)
     idle = await Conn.open(served.port)
     try:
-        received = served.spy("data")
+        received = served.spy("data_on")
         slow.writer.write(b"GET /healthz HTTP/1.1\r\nHos")
         await received.wait()
         served.clock.advance(HEADER)

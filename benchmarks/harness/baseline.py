@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,9 +29,11 @@ class BareRoute:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def start_baseline(bench: Bench, routes: list[BareRoute]) -> tuple[subprocess.Popen[bytes], str]:
+def start_baseline(
+    bench: Bench, routes: list[BareRoute], wrapper: Sequence[str] = (), timeout: float = 30
+) -> tuple[subprocess.Popen[bytes], str]:
     """A bare aiohttp app in its own process on the server core; returns it and its base URL
-    once every route answers its bytes."""
+    once every route answers its bytes. `wrapper`: as for `start_sidecar`."""
     spec = bench.work / "baseline.json"
     spec.write_text(
         json.dumps(
@@ -48,9 +51,12 @@ def start_baseline(bench: Bench, routes: list[BareRoute]) -> tuple[subprocess.Po
     port_file = bench.work / "baseline.port"
     log = bench.work / "baseline.log"
     proc = bench.procs.start(
-        child_argv("baseline", str(spec), str(port_file)), log, bench.server_core, env=child_env()
+        [*wrapper, *child_argv("baseline", str(spec), str(port_file))],
+        log,
+        bench.server_core,
+        env=child_env(),
     )
-    wait_until(port_file.exists, "baseline", proc, log, timeout=30)
+    wait_until(port_file.exists, "baseline", proc, log, timeout=timeout)
     url = f"http://127.0.0.1:{port_file.read_text()}"
 
     def serving(route: BareRoute) -> bool:
@@ -60,7 +66,7 @@ def start_baseline(bench: Bench, routes: list[BareRoute]) -> tuple[subprocess.Po
             return False
 
     for r in routes:
-        wait_until(partial(serving, r), "baseline serving", proc, log, timeout=30)
+        wait_until(partial(serving, r), "baseline serving", proc, log, timeout=timeout)
     return proc, url
 
 

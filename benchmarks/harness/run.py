@@ -27,6 +27,7 @@ from harness.wrk import Target, WrkResult
 @dataclass
 class Figures:
     load: dict[str, WrkResult] = field(default_factory=dict)
+    cpu_per_request: dict[str, list[float]] = field(default_factory=dict)  # us, one per round
     targets: dict[str, Target] = field(default_factory=dict)
     ready: float | None = None
     ready_obtained: float | None = None

@@ -10,6 +10,7 @@ import ssl
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -174,12 +175,17 @@ def start_sidecar(
     core: int | None,
     cloud: str,
     *extra: str,
+    wrapper: Sequence[str] = (),
+    ready_timeout: float = 60,
 ) -> Sidecar:
+    """`credsidecar serve` for `token`, once ready; `wrapper` runs it under another program
+    (valgrind), which may need a longer `ready_timeout`."""
     directory.mkdir(parents=True, exist_ok=True)
     token_file = directory / "launch-token"
     token_file.write_text(token)
     token_file.chmod(0o600)
     argv = [
+        *wrapper,
         *CLI,
         "serve",
         "--token-file",
@@ -195,7 +201,9 @@ def start_sidecar(
     proc = procs.start(argv, directory / "sidecar.log", core)
     sidecar = Sidecar(proc, directory, started)
     env_file = sidecar.run_dir / "env"
-    wait_until(env_file.exists, "sidecar ready", proc, sidecar.log, timeout=60, interval=0.002)
+    wait_until(
+        env_file.exists, "sidecar ready", proc, sidecar.log, timeout=ready_timeout, interval=0.002
+    )
     sidecar.ready_wall = time.time()
     return sidecar
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +38,9 @@ class WrkResult:
     requests: int
     non_2xx: int
     socket_errors: str | None
+    # Server CPU (user + system) per request while wrk ran, when the target names its process:
+    # unlike requests/s, this barely moves when other work shares the machine's cores.
+    cpu_us_per_request: float | None = None
 
 
 def parse_wrk(out: str) -> WrkResult:
@@ -114,11 +118,24 @@ class Target:
     is_baseline: bool = False
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
 def run_rounds(
-    bench: Bench, targets: list[Target], before_round: Callable[[], None] | None = None
+    bench: Bench,
+    targets: list[Target],
+    server_pids: tuple[int, int],
+    before_round: Callable[[], None] | None = None,
 ) -> dict[str, WrkResult]:
     """Rounds interleave the targets (A B C A B C), so a noisy neighbour hits each alike; the
-    best round of each target (fewest errors, then most requests/s) is kept."""
+    best round of each target (fewest errors, then most requests/s) is kept. `server_pids`: the
+    bare app's and the sidecar's processes, whose CPU time per request is recorded too."""
     args = bench.args
     results: dict[str, WrkResult] = {}
     wrk = (bench.client_core, args.threads, args.connections)
@@ -128,13 +145,23 @@ def run_rounds(
         for t in targets:
             if args.warmup > 0:
                 run_wrk(t.url, t.headers, *wrk, args.warmup, t.script)
+            pid = server_pids[0] if t.is_baseline else server_pids[1]
+            cpu_before = cpu_seconds(pid)
             r = run_wrk(t.url, t.headers, *wrk, args.duration, t.script)
+            if r.requests:
+                r.cpu_us_per_request = (cpu_seconds(pid) - cpu_before) * 1e6 / r.requests
+                bench.figures.cpu_per_request.setdefault(t.short, []).append(r.cpu_us_per_request)
             best = results.get(t.short)
             if best is None or (r.non_2xx, -r.rps) < (best.non_2xx, -best.rps):
                 results[t.short] = r
             print(
                 f"   {round_no}. {t.label:<50} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:6.2f}"
                 f" ms  p99 {r.p99_ms:6.2f} ms  non-2xx {r.non_2xx}"
+                + (
+                    f"  CPU {r.cpu_us_per_request:5.1f} us/req"
+                    if r.cpu_us_per_request is not None
+                    else ""
+                )
                 + (f"  socket errors: {r.socket_errors}" if r.socket_errors else ""),
                 flush=True,
             )

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from credsidecar.errors import CredsidecarError, Unavailable
@@ -71,6 +71,14 @@ class Cached(Generic[T]):
     mono_expiry: float  # the same instant on the monotonic clock, measured at fetch time
     lifetime: float
     generation: int
+    # The instants, on each clock, after which it is no longer served: computed once, so the
+    # request path compares two clock readings and does no arithmetic.
+    wall_serve_until: float = field(init=False)
+    mono_serve_until: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wall_serve_until", self.wall_expiry - self.margin)
+        object.__setattr__(self, "mono_serve_until", self.mono_expiry - self.margin)
 
     @property
     def margin(self) -> float:
@@ -112,8 +120,13 @@ class CredentialCache(Generic[T]):
         return min(entry.wall_expiry - self._wall(), entry.mono_expiry - self._mono())
 
     def _valid(self) -> Cached[T] | None:
+        """The entry if both clocks say more than its margin is left (`remaining` > `margin`)."""
         entry = self._entry
-        if entry is not None and self.remaining(entry) > entry.margin:
+        if (
+            entry is not None
+            and self._wall() < entry.wall_serve_until
+            and self._mono() < entry.mono_serve_until
+        ):
             return entry
         return None
 

@@ -24,6 +24,7 @@ from credsidecar.endpoints.guards import (
     RefusalLog,
     _peer_allowed,
     allowed_hosts,
+    secret_bytes,
     secrets_match,
 )
 from credsidecar.endpoints.peers import ConnectionPeers, PeerUnknown
@@ -100,9 +101,9 @@ def test_host_allowlist_names_our_port_only() -> None:
 
 
 def test_secret_comparison() -> None:
-    assert secrets_match("abc", "abc")
-    assert not secrets_match("abd", "abc") and not secrets_match(None, "abc")
-    assert not secrets_match("", "abc")
+    assert secrets_match("abc", secret_bytes("abc"))
+    assert not secrets_match("abd", secret_bytes("abc")) and not secrets_match(None, b"abc")
+    assert not secrets_match("", secret_bytes("abc"))
 
 
 # Which local user the peer is ----------------------------------------------------------------

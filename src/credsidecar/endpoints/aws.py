@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from aiohttp import web
 
 from credsidecar.audit import AuditLog
 from credsidecar.cache import Cached, CredentialCache
 from credsidecar.clouds.contracts import AwsCredentials
-from credsidecar.endpoints.guards import Guard, secrets_match
+from credsidecar.endpoints.guards import Guard, secret_bytes, secrets_match
 from credsidecar.endpoints.session_tokens import SessionTokens
 from credsidecar.errors import CredsidecarError, answer_status
 
@@ -34,6 +35,9 @@ _JSON = "application/json"
 def _iso(epoch: float) -> str:
     # JS wants strict RFC 3339 with Z; botocore's IMDS path parses exactly this shape.
     return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_Kind = Literal["container", "imds", "imds_extended"]  # the fields of _Rendered
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class AwsEndpoints:
     ) -> None:
         self._cache = cache
         self._role = role_name
-        self._secret = container_secret
+        self._secret = secret_bytes(container_secret)
         self._audit = audit
         self._guard = guard
         self._who = dict(who)
@@ -112,7 +116,7 @@ class AwsEndpoints:
         return rendered
 
     def _serve(
-        self, request: web.Request, kind: str, entry_now: Callable[[], Cached[AwsCredentials]]
+        self, request: web.Request, kind: _Kind, entry_now: Callable[[], Cached[AwsCredentials]]
     ) -> web.Response:
         try:
             entry = entry_now()
@@ -126,11 +130,7 @@ class AwsEndpoints:
             self._audit.event("credentials.served", **self._who, role=c.role_arn,
                               access_key_id=c.access_key_id, expiry=int(c.expires_at),
                               path=request.path)  # fmt: skip
-        body = {
-            "container": rendered.container,
-            "imds": rendered.imds,
-            "imds_extended": rendered.imds_extended,
-        }[kind]
+        body: bytes = getattr(rendered, kind)  # `kind` names one of its fields
         return web.Response(body=body, content_type=_JSON)
 
     # container endpoint ------------------------------------------------------------------------
@@ -175,7 +175,7 @@ class AwsEndpoints:
             return entry
         return web.Response(text=self._role)  # no trailing newline: SDKs use it as the name
 
-    async def _imds_role(self, request: web.Request, kind: str) -> web.Response:
+    async def _imds_role(self, request: web.Request, kind: _Kind) -> web.Response:
         entry = self._imds_entry(request)
         if isinstance(entry, web.Response):
             return entry

@@ -22,7 +22,7 @@ from credsidecar.audit import AuditLog
 from credsidecar.cache import Cached
 from credsidecar.cache_family import CacheFamily
 from credsidecar.clouds.contracts import AzureIdentityRef, AzureToken
-from credsidecar.endpoints.guards import Guard, secrets_match
+from credsidecar.endpoints.guards import Guard, secret_bytes, secrets_match
 from credsidecar.errors import CredsidecarError, answer_status
 
 __all__ = ["APP_SERVICE_PATH", "IMDS_PATH", "AzureEndpoints", "resource_key", "with_error_fields"]
@@ -92,7 +92,7 @@ class AzureEndpoints:
     ) -> None:
         self._tokens = tokens
         self._identities = list(identities)
-        self._secret = header_secret
+        self._secret = secret_bytes(header_secret)
         self._guard = guard
         self._audit = audit
         self._who = dict(who)

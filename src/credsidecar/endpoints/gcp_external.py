@@ -22,7 +22,7 @@ from aiohttp import web
 
 from credsidecar.audit import AuditLog
 from credsidecar.cache import CredentialCache
-from credsidecar.endpoints.guards import Guard, secrets_match
+from credsidecar.endpoints.guards import Guard, secret_bytes, secrets_match
 from credsidecar.errors import CredsidecarError, answer_status
 
 __all__ = [
@@ -100,7 +100,7 @@ class GcpSubjectTokenEndpoint:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._cache = cache
-        self._secret = secret
+        self._secret = secret_bytes(secret)
         self._guard = guard
         self._audit = audit
         self._who = dict(who)

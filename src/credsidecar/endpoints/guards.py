@@ -20,6 +20,7 @@ import ipaddress
 import math
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -29,9 +30,18 @@ from cachetools import LRUCache
 from credsidecar.audit import AuditLog
 from credsidecar.endpoints.peers import ConnectionPeers, PeerUnknown
 
-__all__ = ["Guard", "PeerPolicy", "RefusalLog", "allowed_hosts", "refusal", "secrets_match"]
+__all__ = [
+    "Guard",
+    "PeerPolicy",
+    "RefusalLog",
+    "allowed_hosts",
+    "refusal",
+    "secret_bytes",
+    "secrets_match",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Verdict = tuple[str | None, str | None]
 
 # Any one of these marks a request relayed by a proxy or made by a browser page. No SDK or CLI
 # talking to a metadata endpoint sends any of them (`Via` included: only proxies add it).
@@ -48,14 +58,18 @@ MAX_REFUSAL_LINES = 20
 MAX_REFUSAL_KEYS = 1024
 
 
-def secrets_match(presented: str | None, expected: str) -> bool:
+def secret_bytes(secret: str) -> bytes:
+    """A per-job secret as `secrets_match` compares it, encoded once at start."""
+    return secret.encode("utf-8", "surrogateescape")
+
+
+def secrets_match(presented: str | None, expected: bytes) -> bool:
+    """Constant-time comparison of a header value with `secret_bytes(secret)`."""
     if presented is None:
         return False
     # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding the same way gives
     # back the bytes sent, where a plain encode() raises on invalid UTF-8.
-    return hmac.compare_digest(
-        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
-    )
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected)
 
 
 def allowed_hosts(port: int, extra: Iterable[str] = ()) -> frozenset[str]:
@@ -199,18 +213,35 @@ class Guard:
         self._link_local = link_local
         self._decorate = decorate
         self._peers = peers if peers is not None else PeerPolicy.for_job()
+        # Per connection, dropped with it: a keep-alive client's requests skip the peer checks.
+        self._verdicts: weakref.WeakKeyDictionary[object, _Verdict] = weakref.WeakKeyDictionary()
+
+    def _connection_verdict(self, request: web.Request) -> _Verdict:
+        """What the connection alone decides: (refusal before the header checks, after them).
+        Both hold for the connection's life, so they are found once per connection."""
+        if not _peer_allowed(request.remote, self._link_local):
+            return ("the peer is not on this host's loopback", None)
+        return (None, self._peers.reason_to_refuse(request))
 
     def reason_to_refuse(self, request: web.Request) -> str | None:
+        transport = request.transport
+        if transport is None:  # closed: nothing to cache it on
+            verdict = self._connection_verdict(request)
+        else:
+            found = self._verdicts.get(transport)
+            if found is None:
+                found = self._verdicts[transport] = self._connection_verdict(request)
+            verdict = found
+        if verdict[0] is not None:
+            return verdict[0]
         headers = request.headers
-        if not _peer_allowed(request.remote, self._link_local):
-            return "the peer is not on this host's loopback"
         if headers.get("Host") not in self._hosts:
             return "unexpected Host header (possible DNS rebinding)"
-        if not _REFUSED_HEADERS.isdisjoint(map(str.lower, headers.keys())):
+        if not _REFUSED_HEADERS.isdisjoint(map(str.lower, headers)):
             if any(h in headers for h in _PROXY_HEADERS):
                 return "proxied request (X-Forwarded-*/Forwarded/Via) refused"
             return "browser-style request (Origin/Referer/Sec-Fetch) refused"
-        return self._peers.reason_to_refuse(request)
+        return verdict[1]
 
     def refuse(
         self, request: web.Request, status: int, reason: str, hint: str = ""
