@@ -27,18 +27,15 @@ out, errors and SIGTERM included.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +45,7 @@ from harness import (
     Processes,
     Sidecar,
     Upstream,
+    children,
     fetch,
     job_env,
     kib_to_mb,
@@ -284,22 +282,6 @@ def like_an_install() -> None:
         subprocess.run([PY, "-m", "compileall", "-q", str(package)], check=False, timeout=120)
 
 
-@contextlib.contextmanager
-def children(keep: bool) -> Iterator[tuple[Processes, Path]]:
-    """A work directory and the children started in it, all stopped on the way out."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    work = Path(tempfile.mkdtemp(prefix="credsidecar-startup-"))
-    procs = Processes()
-    try:
-        yield procs, work
-    finally:
-        procs.stop_all()
-        if keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--runs", type=int, default=7, help="runs per figure (median)")
@@ -316,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if not has_taskset:
         print("taskset is missing (`apt-get install -y util-linux`): nothing is pinned")
     like_an_install()
-    with children(args.keep) as (procs, work):
+    with children(args.keep, "credsidecar-startup-") as (procs, work):
         with section(f"the CLI ({args.runs} runs each, core {core})"):
             bare = cli_figure("python -c pass", [PY, "-c", "pass"], core, args.runs)
             help_argv = [PY, *credsidecar("--help")]

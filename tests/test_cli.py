@@ -111,7 +111,8 @@ def test_token_mint_refusal_is_a_readable_error(config: Path) -> None:
     done = run("token", "mint", "--config", str(config), "--user", "bob", "--run", "r1",
                "--identity", "aws=alice-data", ok=False)  # fmt: skip
     assert done.returncode == 2
-    assert "user 'bob' may not use aws identity 'alice-data'" in done.stderr
+    assert "user 'bob' (run 'r1') may not use aws identity 'alice-data'" in done.stderr
+    assert "issuer explain" in done.stderr  # says how to see what bob is granted
     assert "Traceback" not in done.stderr
 
 

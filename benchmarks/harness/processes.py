@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +174,20 @@ def kib_to_mb(value: str | None) -> float | None:
     if not value:
         return None
     return int(value.split()[0]) / 1024
+
+
+@contextlib.contextmanager
+def children(keep: bool, prefix: str) -> Iterator[tuple[Processes, Path]]:
+    """A work directory (`prefix`...) and the children started in it, all stopped on the way
+    out (SIGTERM too); the directory is removed unless `keep`."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Processes()
+    try:
+        yield procs, work
+    finally:
+        procs.stop_all()
+        if keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)

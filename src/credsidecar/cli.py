@@ -10,8 +10,10 @@ credsidecar issuer new-user-key      a member API key; new-kek: key-encryption k
 credsidecar token mint               mint a launch token locally (admins, development)
                                      (issuer and token commands: issuer/cli.py)
 credsidecar hpc ...                  per-user SSH to HPC clusters (hpc/cli.py)
+credsidecar preflight                check a run's paths as its user (preflight/cli.py)
 credsidecar serve                    the sidecar beside a job; env: the job's environment
 credsidecar healthcheck              exit 0 when the sidecar is ready (an exec probe)
+credsidecar smoke                    call every endpoint as the SDKs do, from the job (smoke/)
 credsidecar start / run              the sidecar inside a task, no second container
                                      (launcher.py)
 credsidecar sandbox                  only the local sandbox clouds
@@ -139,6 +141,12 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0 if ready else 1
 
 
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    from credsidecar.smoke.command import smoke
+
+    return smoke(args)
+
+
 def _launcher_flags(args: argparse.Namespace) -> list[str]:
     """The words after `start`/`run` as typed (before `--`), without the launcher's own."""
     from credsidecar.launcher import serve_argv
@@ -262,6 +270,39 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS", help="default 2")
     health.set_defaults(func=_cmd_healthcheck)
 
+    smoke = commands.add_parser(
+        "smoke",
+        help="check every emulated endpoint from inside the job, as the SDKs call it",
+        description="Call each endpoint the job environment names (AWS container and IMDSv2, "
+        "GCP metadata, Azure App Service and IMDS) the way the SDKs do; per check: OK or the "
+        "contract violated, the identity, the credential's remaining lifetime, the latency. "
+        "Exit 0 all OK, 1 a violation, 2 nothing configured or bad usage.",
+    )
+    smoke.add_argument("--json", action="store_true", help="the report as JSON")
+    smoke.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="overall time limit for all checks (default 5)",
+    )
+    smoke.add_argument(
+        "--audience",
+        default="https://credsidecar.invalid/smoke",
+        help="audience of the GCP ID token asked for (default %(default)s)",
+    )
+    smoke.add_argument(
+        "--azure-resource",
+        default="https://management.azure.com/",
+        help="resource of the Azure tokens asked for (default %(default)s)",
+    )
+    smoke.add_argument(
+        "--run-dir",
+        help="check the environment `credsidecar env --run-dir DIR` prints instead of this "
+        "process's (e.g. as a probe in the sidecar's container)",
+    )
+    smoke.set_defaults(func=_cmd_smoke)
+
     start = commands.add_parser(
         "start",
         allow_abbrev=False,
@@ -287,6 +328,10 @@ def _parser() -> argparse.ArgumentParser:
     from credsidecar.hpc.cli import add_hpc_parser
 
     add_hpc_parser(commands)
+
+    from credsidecar.preflight.cli import add_preflight_parser
+
+    add_preflight_parser(commands)
 
     sandbox = commands.add_parser(
         "sandbox",

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from credsidecar.providers import (
 )
 from credsidecar.server import create_sidecar_app
 from credsidecar.serving import serving
+from credsidecar.tls import client_context
 
 __all__ = ["RunningSidecar", "run_sidecar"]
 
@@ -128,20 +128,6 @@ async def _serving(app: web.Application, sock: socket.socket) -> AsyncIterator[N
         yield
 
 
-def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """The system's roots, plus --ca-file's certificates when given."""
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"--ca-file {ca_file}: cannot load CA certificates ({exc}); give a readable "
-                "file of PEM certificates"
-            ) from exc
-    return context
-
-
 def _remove_files(private: list[Path], env_file: Path | None, env_file_id: FileId | None) -> None:
     """At exit: the run directory's files, and the --env-file we wrote if it is still ours."""
     for path in private:
@@ -176,7 +162,7 @@ async def _run(
 ) -> int:
     # Start-up I/O runs off the loop, like the rest. A bad --ca-file stops here, before
     # anything starts (loading CA files, the system's included, reads the disk).
-    tls = await asyncio.to_thread(_tls_context, config.ca_file)
+    tls = await asyncio.to_thread(client_context, config.ca_file)
     # Refused before anything is written if another user planted or can reach it.
     run_dir = await asyncio.to_thread(
         ensure_private_dir, config.run_dir, what="run directory", remedy=RUN_DIR_REMEDY

@@ -2,9 +2,11 @@
 
 One process runs the issuer (example policy, temporary directory), the sandbox clouds (moto with
 IAM enforcement behind a validating STS stand-in; Google STS, IAM and storage stand-ins; Entra
-and Blob storage stand-ins over HTTPS with a local CA) and a sidecar for the chosen user. Once the
-sidecar is ready the job environment is written to --env-file and a description of every piece
-to --info-file; it then runs until interrupted.
+and Blob storage stand-ins over HTTPS with a local CA), two sandbox HPC login nodes registered
+in the issuer (one trusting its SSH CA, one in stored-key mode holding the user's key sealed
+in the issuer) and a sidecar for the chosen user. Once the sidecar is ready the job environment
+is written to --env-file and a description of every piece to --info-file; it then runs until
+interrupted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import shlex
 import shutil
 import signal
@@ -29,9 +32,10 @@ from credsidecar.issuer.runner import open_service, serve
 from credsidecar.issuer.service import LaunchRequest
 from credsidecar.jobenv import write_private_atomic
 from credsidecar.listen import bind_loopback, port_of
+from credsidecar.sandbox.hpc.runner import CERTIFICATE_CLUSTER, STORED_KEY_CLUSTER, HpcSandbox
 from credsidecar.sandbox.runner import Sandbox, start_sandbox
 
-__all__ = ["run_dev", "run_sandbox"]
+__all__ = ["register_sandbox_clusters", "run_dev", "run_sandbox"]
 
 
 def _mint(config: IssuerConfig, user: str, run: str) -> tuple[str, dict[str, list[str]]]:
@@ -47,7 +51,7 @@ async def _start_issuer(
     # the bound socket is handed to the issuer (never closed in between, so never taken).
     sock = bind_loopback()
     try:
-        config_path, api_key = write_example(workdir, port_of(sock))
+        config_path, api_key = write_example(workdir, port_of(sock), stored_keys=True)
         config = load_config(config_path)
         write_private_atomic(workdir / "platform-api-key", api_key)
     except BaseException:
@@ -62,6 +66,66 @@ async def _start_issuer(
         sock.close()  # the issuer never listened on it
         await task  # raises the start-up error
     return config, api_key, task
+
+
+OWNER = "carol"  # the example policy's owner: she registers the sandbox clusters
+
+
+def _member_keys(config: IssuerConfig, users: tuple[str, ...]) -> dict[str, str]:
+    with open_service(config) as service:
+        return {user: service.hpc.new_member_key(user, "dev") for user in users}
+
+
+async def register_sandbox_clusters(
+    config: IssuerConfig, hpc: HpcSandbox, user: str, workdir: Path
+) -> Path:
+    """Registers the sandbox login nodes as an owner would, through the issuer's HPC API, and
+    stores the user's key for the stored-key cluster as the member would (sealed in the issuer;
+    the sandbox's copy is then dropped). Returns the directory of the member API keys."""
+    import aiohttp
+
+    from credsidecar.hpc.api import HpcApi
+
+    keys = await asyncio.to_thread(_member_keys, config, tuple(dict.fromkeys((OWNER, user))))
+    key_dir = workdir / "member-keys"
+    for who, key in keys.items():
+        await asyncio.to_thread(write_private_atomic, key_dir / who, key + "\n")
+    async with aiohttp.ClientSession() as session:
+        owner = HpcApi(config.issuer_url, session, keys[OWNER])
+        for body in hpc.registrations():
+            await owner.call("POST", "/v1/hpc/clusters", body)
+        private_key = hpc.member_keys[user].export_private_key().decode()
+        await HpcApi(config.issuer_url, session, keys[user]).call(
+            "PUT",
+            f"/v1/hpc/clusters/{STORED_KEY_CLUSTER}/credential",
+            {"username": user, "private_key": private_key},
+        )
+    hpc.member_keys.clear()  # from here on only the issuer holds it
+    return key_dir
+
+
+def _hpc_instructions(info: dict[str, Any]) -> str:
+    user, hpc = info["user"], info["sandbox"]["hpc"]
+    cs = "credsidecar"
+    if shutil.which(cs) is None:
+        cs = shlex.quote(str(Path(sys.executable).parent / "credsidecar"))
+    token, workdir = shlex.quote(info["launch_token_file"]), Path(info["workdir"])
+    cert_dir = shlex.quote(str(workdir / "ssh"))
+    owner_key = shlex.quote(str(Path(info["member_keys"]) / OWNER))
+    nodes = hpc["clusters"]
+    where = ", ".join(f"{n} 127.0.0.1:{c['port']} ({c['mode']})" for n, c in nodes.items())
+    return f"""
+HPC: sandbox login nodes {where},
+running commands as {hpc["runs_as"]} with Slurm stand-ins; logins logged in {hpc["login_log"]}
+  export CREDSIDECAR_TOKEN_FILE={token}
+  {cs} hpc run --cluster {CERTIFICATE_CLUSTER} -- hostname      # a 15-min certificate for {user}
+  {cs} hpc cert --cluster {CERTIFICATE_CLUSTER} --out {cert_dir}
+  ssh -F {cert_dir}/ssh_config {CERTIFICATE_CLUSTER} hostname              # plain OpenSSH
+  {cs} hpc check --cluster {CERTIFICATE_CLUSTER} --work-dir {hpc["work_dir"]}
+  {cs} hpc run --cluster {STORED_KEY_CLUSTER} -- hostname       # {user}'s key, sealed in the issuer
+  {cs} preflight --token-file {token} --work-dir ssh://{CERTIFICATE_CLUSTER}{hpc["work_dir"]}
+  CREDSIDECAR_MEMBER_KEY=$(cat {owner_key}) {cs} hpc status --issuer-url {info["issuer_url"]}
+"""
 
 
 def _instructions(info: dict[str, Any], env_file: Path) -> str:
@@ -98,12 +162,14 @@ print(list(c.list_blobs("{other}-data")))'              # 403 Forbidden
 from azure.storage.blob import BlobServiceClient as B; s = B("{blob_url}", credential=D())
 print([b.name for b in s.get_container_client("{user}-data").list_blobs()])  # allowed
 list(s.get_container_client("{other}-data").list_blobs())'    # AuthorizationPermissionMismatch
-
+{_hpc_instructions(info)}
 Job environment: {env_file}   Everything else: {info["workdir"]}
 """
 
 
 async def run_dev(args: argparse.Namespace) -> int:
+    # asyncssh logs each step of each login at INFO; the login nodes' own log says who logged in.
+    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.root.level))
     with tempfile.TemporaryDirectory(prefix="credsidecar-dev-") as tmp:
         workdir = Path(tmp)
         stop = asyncio.Event()
@@ -111,6 +177,7 @@ async def run_dev(args: argparse.Namespace) -> int:
         sandbox: Sandbox | None = None
         try:
             sandbox = await start_sandbox(config.issuer_url, workdir / "sandbox")
+            member_keys = await register_sandbox_clusters(config, sandbox.hpc, args.user, workdir)
             run_id = f"dev-{uuid.uuid4().hex[:8]}"
             token, identities = await asyncio.to_thread(_mint, config, args.user, run_id)
             token_file = workdir / "launch-token"
@@ -149,6 +216,7 @@ async def run_dev(args: argparse.Namespace) -> int:
                 "env_file": str(env_file),
                 "launch_token_file": str(token_file),
                 "platform_api_key_file": str(workdir / "platform-api-key"),
+                "member_keys": str(member_keys),
                 "issuer_config": str(workdir / "issuer.toml"),
                 "issuer_audit_log": config.audit_log,
                 "sidecar_audit_log": sidecar_config.audit_log,
@@ -172,6 +240,7 @@ async def run_dev(args: argparse.Namespace) -> int:
 
 async def run_sandbox(args: argparse.Namespace) -> int:
     """`credsidecar sandbox`: only the sandbox clouds, for an issuer running elsewhere."""
+    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.root.level))
     with tempfile.TemporaryDirectory(prefix="credsidecar-sandbox-") as tmp:
         sandbox = await start_sandbox(
             args.issuer_url, Path(tmp), args.aws_audience, args.azure_token_lifetime

@@ -14,7 +14,9 @@
     │                           status; retryable for 5xx, 408 and 429
     └── ConfigError             a configuration or policy file is wrong (never sent over HTTP)
 
-Messages are one sentence naming the offending thing and the way out; they never contain secrets.
+Messages are one sentence naming the offending thing and the way out; they never contain secrets,
+and quote what an outsider controls through `bounded`. The per-cloud "what to do" sentences are
+written in one place, clouds/remedies.py.
 
 `answer_status` is the one mapping every sidecar endpoint uses when it has no credentials to
 serve: the same refusal gets the same status from every cloud's endpoints. The issuer answers
@@ -40,7 +42,19 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "answer_status",
+    "bounded",
 ]
+
+# Long enough for any ARN, principal URI or cloud message worth reading; short enough that an
+# upstream, a caller or a hostile token cannot make one log line or error body large.
+MAX_QUOTED = 300
+
+
+def bounded(value: object, limit: int = MAX_QUOTED) -> str:
+    """`value` as one line of at most `limit` characters ("..." marks a cut): how a message
+    quotes anything an outsider controls (an upstream's error text, a claim, a form field)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class CredsidecarError(Exception):

@@ -50,7 +50,16 @@ from credsidecar.launch import LaunchClaims
 from credsidecar.launch.exchange import TokenSupplier
 from credsidecar.launch.grants import AwsGrant, AzureGrant, GcpGrant, GrantT
 
-__all__ = ["Context", "Provider", "build_aws", "build_azure", "build_gcp"]
+__all__ = [
+    "Context",
+    "Provider",
+    "aws_settings",
+    "azure_identity",
+    "build_aws",
+    "build_azure",
+    "build_gcp",
+    "gcp_settings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +117,51 @@ def _granted(ctx: Context, kind: type[GrantT], name: str | None) -> GrantT | Non
     return found
 
 
-async def build_aws(ctx: Context) -> Provider | None:
-    config = ctx.config
-    grant = _granted(ctx, AwsGrant, config.aws_identity)
+def aws_settings(
+    config: SidecarConfig, claims: LaunchClaims | None, grant: AwsGrant | None
+) -> AwsSettings | None:
+    """The STS call for `grant` (or --aws-role-arn): the sidecar's, and preflight's."""
     role = config.aws_role_arn or (grant.role_arn if grant else None)
     if not role:
         return None
-    user = ctx.claims.user if ctx.claims else "direct"
-    settings = AwsSettings(
+    user = claims.user if claims else "direct"
+    return AwsSettings(
         role_arn=role,
         audience=config.aws_audience or (grant.audience if grant else AWS_DEFAULT_AUDIENCE),
         identity_name=grant.name if grant else None,
-        session_name=role_session_name(user, ctx.claims.run if ctx.claims else None),
+        session_name=role_session_name(user, claims.run if claims else None),
         duration=config.aws_duration,
         region=config.aws_region,
         sts_endpoint=config.aws_sts_endpoint,
         session_policy=grant.session_policy if grant else None,
     )
+
+
+def gcp_settings(config: SidecarConfig, grant: GcpGrant) -> GcpSettings:
+    """The federation (and impersonation) for `grant`: the sidecar's, and preflight's."""
+    return GcpSettings(
+        audience=grant.audience,
+        identity_name=grant.name,
+        service_account=grant.service_account,
+        project_id=config.gcp_project_id or grant.project_id,
+        project_number=grant.project_number,
+        sts_url=config.gcp_sts_url,
+        iam_url=config.gcp_iam_url,
+        lifetime=config.gcp_lifetime,
+    )
+
+
+def azure_identity(grant: AzureGrant) -> AzureIdentityRef:
+    return AzureIdentityRef(grant.name, grant.tenant_id, grant.client_id, grant.audience,
+                            grant.object_id, grant.resource_id)  # fmt: skip
+
+
+async def build_aws(ctx: Context) -> Provider | None:
+    config = ctx.config
+    grant = _granted(ctx, AwsGrant, config.aws_identity)
+    settings = aws_settings(config, ctx.claims, grant)
+    if settings is None:
+        return None
     exchanger = AwsExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
 
     def obtained(creds: AwsCredentials) -> None:
@@ -191,16 +228,7 @@ async def build_gcp(ctx: Context) -> Provider | None:
     grant = _granted(ctx, GcpGrant, config.gcp_identity)
     if grant is None:
         return None
-    settings = GcpSettings(
-        audience=grant.audience,
-        identity_name=grant.name,
-        service_account=grant.service_account,
-        project_id=config.gcp_project_id or grant.project_id,
-        project_number=grant.project_number,
-        sts_url=config.gcp_sts_url,
-        iam_url=config.gcp_iam_url,
-        lifetime=config.gcp_lifetime,
-    )
+    settings = gcp_settings(config, grant)
     if config.secret_only:
         return await _build_gcp_external(ctx, settings)
     exchanger = GcpExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
@@ -329,10 +357,7 @@ async def build_azure(ctx: Context) -> Provider | None:
     config = ctx.config
     if ctx.claims is None:
         return None
-    identities = [
-        AzureIdentityRef(g.name, g.tenant_id, g.client_id, g.audience, g.object_id, g.resource_id)
-        for g in ctx.claims.grants.azure
-    ]
+    identities = [azure_identity(g) for g in ctx.claims.grants.azure]
     if not identities:
         return None
     default = _granted(ctx, AzureGrant, config.azure_identity)

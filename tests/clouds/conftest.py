@@ -1,5 +1,5 @@
-"""Exchanger tests run against the real issuer and the GCP sandbox stand-ins."""
+"""Exchanger tests run against the real issuer and the GCP and Azure sandbox stand-ins."""
 
-from tests.sandbox.conftest import gcp, http, issuer, sandbox_clock
+from tests.sandbox.conftest import azure, gcp, http, https, issuer, sandbox_clock
 
-__all__ = ["gcp", "http", "issuer", "sandbox_clock"]
+__all__ = ["azure", "gcp", "http", "https", "issuer", "sandbox_clock"]

@@ -152,8 +152,12 @@ async def test_an_identity_not_granted_is_refused_clearly(azure: Azure) -> None:
     resp = await azure.client.get(app_service(client_id=other),
                                   headers={"X-IDENTITY-HEADER": SECRET})  # fmt: skip
     assert resp.status == 400
-    message = (await resp.json())["error_description"]
+    body = await resp.json()
+    message = body["error_description"]
     assert other in message and ALICE.client_id in message and SHARED.client_id in message
+    # the same list as data, which `credsidecar preflight` reads in the job
+    assert {(i["name"], i["client_id"]) for i in body["granted_identities"]} == {
+        (ALICE.name, ALICE.client_id), (SHARED.name, SHARED.client_id)}  # fmt: skip
     assert azure.entra.asked == []
 
 

@@ -22,6 +22,7 @@ from datetime import datetime
 import aiohttp
 
 from credsidecar.clouds.contracts import AWS_DEFAULT_DURATION, AwsCredentials
+from credsidecar.clouds.remedies import Presented, aws_fix, supplier_refusal
 from credsidecar.clouds.upstream_http import UpstreamResponse, post
 from credsidecar.errors import (
     BadRequest,
@@ -30,6 +31,7 @@ from credsidecar.errors import (
     Forbidden,
     InvalidGrant,
     Unavailable,
+    bounded,
 )
 from credsidecar.launch.exchange import TokenSupplier
 from credsidecar.launch.grants import ROLE_ARN
@@ -100,7 +102,15 @@ class AwsExchanger:
 
     async def fetch(self) -> AwsCredentials:
         s = self.settings
-        federated = await self._supplier.token(s.audience, "aws", s.identity_name)
+        try:
+            federated = await self._supplier.token(s.audience, "aws", s.identity_name)
+        except CredsidecarError as exc:
+            target = (
+                f"aws identity {s.identity_name!r} ({s.role_arn})"
+                if s.identity_name
+                else s.role_arn
+            )
+            raise supplier_refusal(exc, self._who, target) from exc
         # No credentials are attached: the sidecar's own environment is never searched for any.
         form = {
             "Action": "AssumeRoleWithWebIdentity",
@@ -115,7 +125,7 @@ class AwsExchanger:
         resp = await post(self._session, self._url, "AWS STS", form=form, who=self._who,
                           hint="retrying")  # fmt: skip
         if resp.status != 200:
-            raise self._explain(_failure(resp))
+            raise self._explain(_failure(resp), Presented.of(federated.token, s.audience))
         return self._credentials(resp)
 
     def _credentials(self, resp: UpstreamResponse) -> AwsCredentials:
@@ -151,54 +161,70 @@ class AwsExchanger:
             account_id=self._account,
         )
 
-    def _explain(self, failure: StsFailure) -> CredsidecarError:
-        """Turns an STS error into one sentence naming the user, the role and the way out."""
-        code, message = failure.code, failure.message
+    def _explain(self, failure: StsFailure, seen: Presented) -> CredsidecarError:
+        """Turns an STS error into one sentence: who, which role, the cause in IAM's terms and
+        the fix (remedies.py), with STS's own words last."""
+        code, message = bounded(failure.code, 64), bounded(failure.message)
         lower = message.lower()
-        role = self.settings.role_arn
-        head = f"{self._who} may not assume {role}"
+        s = self.settings
+        role = s.role_arn
+        named = f" (aws identity {s.identity_name!r})" if s.identity_name else ""
+        head = f"{self._who} may not assume {role}{named}"
+        said = f"STS said: {code}: {message}"
         if code == "AccessDenied":
             if "does not exist" in lower or "nosuchentity" in lower:
-                return Forbidden(f"{head}: the role does not exist ({message})")
+                return Forbidden(
+                    f"{head}: the role does not exist; {aws_fix('no-role', role, seen)}. {said}"
+                )
             return Forbidden(
-                f"{head}: the role's trust policy does not allow this web identity (its "
-                f"Federated principal must be the issuer's OIDC provider and its conditions must "
-                f"match sub and aud={self.settings.audience}); STS said: {message}"
+                f"{head}: the role's trust policy does not trust issuer {seen.issuer} with "
+                f"audience {seen.audience} for sub {seen.subject}; "
+                f"{aws_fix('trust', role, seen)}. {said}"
             )
         if code == "InvalidIdentityToken":
             if "no openidconnect provider" in lower:
                 return Forbidden(
-                    f"{head}: the account does not trust the issuer (no IAM OIDC provider for "
-                    f"it); create one for the issuer URL. STS said: {message}"
+                    f"{head}: account {self._account} has no IAM OIDC provider for issuer "
+                    f"{seen.issuer}; {aws_fix('no-provider', role, seen)}. {said}"
                 )
             if "audience" in lower:
                 return Forbidden(
-                    f"{head}: audience {self.settings.audience!r} is not a client ID of the "
-                    f"account's OIDC provider for the issuer. STS said: {message}"
+                    f"{head}: audience {seen.audience} is not a client ID of the account's OIDC "
+                    f"provider for {seen.issuer}; {aws_fix('audience', role, seen)}. {said}"
                 )
-            return InvalidGrant(f"{head}: STS rejected the web identity token: {message}")
-        if code == "ExpiredTokenException":
             return InvalidGrant(
-                f"{head}: STS says the web identity token expired ({message}); check this "
-                "host's clock"
+                f"{head}: STS could not validate the token from issuer {seen.issuer} (its "
+                f"signature, keys or claims); {aws_fix('unverifiable', role, seen)}. {said}"
+            )
+        if code in ("ExpiredTokenException", "ExpiredToken"):
+            return InvalidGrant(
+                f"{head}: STS says the token from {seen.issuer} expired; "
+                f"{aws_fix('expired', role, seen)}. {said}"
             )
         if code == "IDPCommunicationError":
             return Unavailable(
-                f"{head} right now: AWS could not reach the issuer's discovery/JWKS ({message})"
+                f"{head} right now: AWS could not fetch the discovery document or keys of "
+                f"issuer {seen.issuer}; {aws_fix('idp-unreachable', role, seen)}. {said}"
             )
         if code in ("Throttling", "ThrottlingException", "RequestLimitExceeded") or (
             failure.status == 429
         ):
-            return Unavailable(f"AWS STS is throttling {self._who}: {message}", retry_after=10)
+            return Unavailable(
+                f"AWS STS is throttling {self._who} for {role}; retrying later. {said}",
+                retry_after=10,
+            )
         if code in ("ValidationError", "MalformedPolicyDocument", "PackedPolicyTooLarge"):
-            return BadRequest(f"{head}: STS rejected the request ({code}): {message}")
+            return BadRequest(
+                f"{head}: STS rejected the request ({code}); check the identity's "
+                f"session_policy and session name in the policy. {said}"
+            )
         if failure.status >= 500:
-            return Unavailable(f"AWS STS failed for {self._who} ({code}): {message}")
+            return Unavailable(f"AWS STS failed for {self._who} as {role}; retrying. {said}")
         if code == "RegionDisabledException":
             return Forbidden(
-                f"{head}: STS is not activated in region {self.settings.region} for the "
+                f"{head}: STS is not activated in region {s.region} for the "
                 f"account; activate it in IAM's account settings or pass --aws-sts-endpoint "
-                f"for an active region. STS said: {message}"
+                f"for an active region. {said}"
             )
         return Forbidden(f"{head}: {code}: {message}")
 

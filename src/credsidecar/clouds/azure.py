@@ -24,8 +24,21 @@ from credsidecar.clouds.contracts import (
     AzureIdentityRef,
     AzureToken,
 )
+from credsidecar.clouds.remedies import (
+    AzureCause,
+    Presented,
+    azure_fix,
+    supplier_refusal,
+)
 from credsidecar.clouds.upstream_http import post
-from credsidecar.errors import BadRequest, CredsidecarError, Forbidden, InvalidGrant, Unavailable
+from credsidecar.errors import (
+    BadRequest,
+    CredsidecarError,
+    Forbidden,
+    InvalidGrant,
+    Unavailable,
+    bounded,
+)
 from credsidecar.launch.exchange import TokenSupplier
 
 __all__ = ["AUTHORITY", "AzureExchanger", "AzureIdentityRef", "AzureToken"]
@@ -60,7 +73,11 @@ class AzureExchanger:
         return f"{self._who} via Entra at {self._authority}"
 
     async def token(self, identity: AzureIdentityRef, resource: str) -> AzureToken:
-        assertion = await self._supplier.token(identity.audience, "azure", identity.name)
+        try:
+            assertion = await self._supplier.token(identity.audience, "azure", identity.name)
+        except CredsidecarError as exc:
+            target = f"azure identity {identity.name!r} ({identity.client_id})"
+            raise supplier_refusal(exc, self._who, target) from exc
         url = f"{self._authority}/{identity.tenant_id}/oauth2/v2.0/token"
         form = {
             "grant_type": "client_credentials",
@@ -76,32 +93,54 @@ class AzureExchanger:
             expires_in = int(body.get("expires_in", 3600))
             return AzureToken(body["access_token"], started + expires_in, resource,
                               identity.client_id)  # fmt: skip
-        raise self._explain(status, body, identity, resource)
+        seen = Presented.of(assertion.token, identity.audience)
+        raise self._explain(status, body, identity, resource, seen)
 
     def _explain(
-        self, status: int, body: dict[str, Any], identity: AzureIdentityRef, resource: str
+        self,
+        status: int,
+        body: dict[str, Any],
+        identity: AzureIdentityRef,
+        resource: str,
+        seen: Presented,
     ) -> CredsidecarError:
-        detail = str(body.get("error_description") or body.get("error") or f"HTTP {status}")
-        codes = [int(c) for c in body.get("error_codes") or []] or [
-            int(m) for m in _AADSTS.findall(detail)
-        ]
+        """Entra's refusal: the AADSTS code's cause in Entra's terms and the fix (remedies.py)."""
+        detail = bounded(body.get("error_description") or body.get("error") or f"HTTP {status}")
+        raw_codes = body.get("error_codes")
+        codes = [c for c in raw_codes if isinstance(c, int)] if isinstance(raw_codes, list) else []
+        codes = codes or [int(m) for m in _AADSTS.findall(detail)]
         code = codes[0] if codes else 0
-        who = f"{self._who} may not use Azure identity {identity.name!r} ({identity.client_id})"
+        said = f"Entra said: {detail}"
         if status >= 500 or status == 429:
-            return Unavailable(f"Entra failed for {self._who}: {detail}")
-        if code == 70021:
-            cause = "no federated credential on the app or managed identity matches the token"
+            return Unavailable(f"Entra failed for {self._who}; retrying. {said}")
+        who = f"{self._who} may not use Azure identity {identity.name!r} ({identity.client_id})"
+
+        def fix(cause: AzureCause) -> str:
+            return azure_fix(cause, identity.client_id, identity.tenant_id, seen, resource)
+
+        if code in (70021, 700211, 700212, 700213):
+            cause = (
+                f"no federated credential on it matches issuer {seen.issuer}, subject "
+                f"{seen.subject} and audience {seen.audience}; {fix('no-federated-credential')}"
+            )
         elif code in (700016, 7000016):
-            cause = f"no application or identity with client id {identity.client_id} exists in "
-            cause += f"tenant {identity.tenant_id}"
+            cause = f"the app is not in tenant {identity.tenant_id}; {fix('no-app')}"
         elif code in (90002, 900023):
-            cause = f"tenant {identity.tenant_id} does not exist"
+            cause = f"tenant {identity.tenant_id} does not exist; {fix('no-tenant')}"
+        elif code in (50166, 7000272, 50013, 700027):
+            cause = (
+                f"Entra could not verify the token with the keys of {seen.issuer}; {fix('keys')}"
+            )
         elif code == 700024:
-            return InvalidGrant(f"{who}: the client assertion is outside its valid time range "
-                                f"(check this host's clock). Entra said: {detail}")  # fmt: skip
-        elif code in (500011, 500014, 70011):
-            return BadRequest(f"{who}: resource {resource!r} is not known to tenant "
-                              f"{identity.tenant_id}. Entra said: {detail}")  # fmt: skip
+            return InvalidGrant(
+                f"{who}: the client assertion is outside its valid time range; {fix('time')}. "
+                + said
+            )
+        elif code in (500011, 500014, 70011, 1002012):
+            return BadRequest(
+                f"{who}: resource {bounded(resource, 100)!r} is not known to tenant "
+                f"{identity.tenant_id}; {fix('resource')}. {said}"
+            )
         else:
             cause = "Entra refused the client assertion"
-        return Forbidden(f"{who}: {cause}. Entra said: {detail}")
+        return Forbidden(f"{who}: {cause}. {said}")

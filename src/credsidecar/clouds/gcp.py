@@ -26,8 +26,16 @@ from credsidecar.clouds.contracts import (
     GcpIdToken,
     GcpToken,
 )
+from credsidecar.clouds.remedies import (
+    GcpStsCause,
+    Presented,
+    gcp_iam_fix,
+    gcp_principal,
+    gcp_sts_fix,
+    supplier_refusal,
+)
 from credsidecar.clouds.upstream_http import post
-from credsidecar.errors import BadRequest, CredsidecarError, Forbidden, Unavailable
+from credsidecar.errors import BadRequest, CredsidecarError, Forbidden, Unavailable, bounded
 from credsidecar.launch.exchange import TokenSupplier
 
 __all__ = ["CLOUD_PLATFORM", "GcpExchanger", "GcpIdToken", "GcpSettings", "GcpToken"]
@@ -78,9 +86,14 @@ class GcpExchanger:
         resp = await post(self._session, url, what, who=self._who, **kwargs)
         return resp.status, resp.fields()
 
-    async def _federated(self, scopes: Sequence[str]) -> tuple[str, float]:
+    async def _federated(self, scopes: Sequence[str]) -> tuple[str, float, Presented]:
+        """A federated access token, its expiry, and what Google was shown (for errors)."""
         s = self.settings
-        subject = await self._supplier.token(s.audience, "gcp", s.identity_name)
+        try:
+            subject = await self._supplier.token(s.audience, "gcp", s.identity_name)
+        except CredsidecarError as exc:
+            raise supplier_refusal(exc, self._who, self._target) from exc
+        seen = Presented.of(subject.token, s.audience)
         started = self._clock()
         status, body = await self._post(
             s.sts_url,
@@ -95,49 +108,86 @@ class GcpExchanger:
             },
         )
         if status == 200 and isinstance(body.get("access_token"), str):
-            return body["access_token"], started + int(body.get("expires_in", 3600))
-        raise self._sts_error(status, body)
+            return body["access_token"], started + int(body.get("expires_in", 3600)), seen
+        raise self._sts_error(status, body, seen)
 
-    def _sts_error(self, status: int, body: dict[str, Any]) -> CredsidecarError:
-        detail = str(body.get("error_description") or body.get("error") or f"HTTP {status}")
-        head = f"{self._who} may not use workload identity provider {self.settings.audience}"
+    @property
+    def _target(self) -> str:
+        s = self.settings
+        target = s.service_account or f"provider {s.audience}"
+        return f"gcp identity {s.identity_name!r} ({target})" if s.identity_name else target
+
+    def _sts_error(self, status: int, body: dict[str, Any], seen: Presented) -> CredsidecarError:
+        """Google STS's refusal: the provider setting that did not match, and how to fix it."""
+        error = bounded(body.get("error") or f"HTTP {status}", 64)
+        detail = bounded(body.get("error_description") or error)
+        said = f"Google STS said: {error}: {detail}"
         if status >= 500 or status == 429:
-            return Unavailable(f"Google STS failed for {self._who}: {detail}")
+            return Unavailable(f"Google STS failed for {self._who}; retrying. {said}")
+        provider = self.settings.audience
+        head = f"{self._who} may not use workload identity provider {provider}"
+        if self.settings.identity_name:
+            head += f" (gcp identity {self.settings.identity_name!r})"
         lower = detail.lower()
-        if "audience" in lower:
-            cause = "the provider does not accept this audience (check the provider's allowed "
-            cause += "audiences)"
-        elif "condition" in lower:
-            cause = "the provider's attribute condition rejected the subject"
-        elif "disabled" in lower:
-            cause = "the provider or its pool is disabled"
+        fix: GcpStsCause
+        if error == "invalid_target":
+            cause, fix = "the provider or its pool does not exist or is disabled", "target"
+        elif "audience" in lower:
+            cause = f"the provider does not accept audience {seen.audience}"
+            fix = "audience"
+        elif "issuer" in lower and "match" in lower:
+            cause, fix = f"the provider does not trust issuer {seen.issuer}", "issuer"
+        elif "condition" in lower or error == "unauthorized_client":
+            cause = f"the provider's attribute condition rejects subject {seen.subject}"
+            fix = "condition"
         elif "expired" in lower:
-            cause = "the federated token expired (check this host's clock)"
+            cause, fix = f"the token from {seen.issuer} expired", "expired"
+        elif "key" in lower or "signature" in lower:
+            cause = f"Google could not verify the token with the keys of {seen.issuer}"
+            fix = "keys"
         else:
-            cause = "the token was rejected"
-        return Forbidden(f"{head}: {cause}. Google STS said: {detail}")
+            return Forbidden(f"{head}: the token from {seen.issuer} was rejected. {said}")
+        return Forbidden(f"{head}: {cause}; {gcp_sts_fix(fix, provider, seen)}. {said}")
 
-    def _iam_error(self, status: int, body: dict[str, Any], permission: str) -> CredsidecarError:
+    def _iam_error(
+        self, status: int, body: dict[str, Any], permission: str, seen: Presented
+    ) -> CredsidecarError:
+        """IAM Credentials' refusal: usually the missing workloadIdentityUser binding."""
         error = body.get("error")
-        detail = error.get("message", "") if isinstance(error, dict) else str(body)[:300]
-        sa = self.settings.service_account
+        detail = bounded(error.get("message", "") if isinstance(error, dict) else body)
+        said = f"IAM said: {detail}"
+        sa = str(self.settings.service_account)
         if status >= 500 or status == 429:
-            return Unavailable(f"IAM Credentials failed for {self._who}: {detail}")
-        if status in (401, 403):
+            return Unavailable(f"IAM Credentials failed for {self._who} as {sa}; retrying. {said}")
+        head = f"{self._who} may not impersonate {sa}"
+        if self.settings.identity_name:
+            head += f" (gcp identity {self.settings.identity_name!r})"
+        if status == 403:
+            member = gcp_principal(self.settings.audience, seen.subject)
             return Forbidden(
-                f"{self._who} may not impersonate {sa}: {permission} denied; grant "
-                f"roles/iam.workloadIdentityUser on {sa} to the user's federated principal. "
-                f"IAM said: {detail}"
+                f"{head}: {permission} denied to {member}; "
+                f"{gcp_iam_fix(sa, self.settings.audience, seen)}. {said}"
             )
-        return BadRequest(f"IAM Credentials refused the request for {sa}: {detail}")
+        if status == 404:
+            return Forbidden(
+                f"{head}: service account {sa} does not exist; create it or correct the "
+                f"identity's service_account in the policy. {said}"
+            )
+        if status == 401:
+            return Forbidden(
+                f"{head}: IAM did not accept the pool's federated access token for "
+                f"{seen.subject}; check that the IAM Credentials API is enabled in the "
+                f"service account's project. {said}"
+            )
+        return BadRequest(f"IAM Credentials refused the request of {self._who} for {sa}. {said}")
 
     async def access_token(self, scopes: Sequence[str]) -> GcpToken:
         scopes = tuple(scopes) or (CLOUD_PLATFORM,)
         s = self.settings
         if s.service_account is None:
-            token, expires_at = await self._federated(scopes)
+            token, expires_at, _ = await self._federated(scopes)
             return GcpToken(token, expires_at, scopes)
-        federated, _ = await self._federated((CLOUD_PLATFORM,))
+        federated, _, seen = await self._federated((CLOUD_PLATFORM,))
         started = self._clock()
         status, body = await self._post(
             f"{s.iam_url}/v1/projects/-/serviceAccounts/{s.service_account}:generateAccessToken",
@@ -149,7 +199,7 @@ class GcpExchanger:
             expire = body.get("expireTime")
             expires_at = _rfc3339(expire) if isinstance(expire, str) else started + s.lifetime
             return GcpToken(body["accessToken"], expires_at, scopes)
-        raise self._iam_error(status, body, "iam.serviceAccounts.getAccessToken")
+        raise self._iam_error(status, body, "iam.serviceAccounts.getAccessToken", seen)
 
     async def id_token(self, audience: str) -> GcpIdToken:
         s = self.settings
@@ -158,7 +208,7 @@ class GcpExchanger:
                 f"ID tokens need a service account: GCP identity {s.identity_name!r} of "
                 f"{self._who} uses direct federation; add `service_account` to it in the policy"
             )
-        federated, _ = await self._federated((CLOUD_PLATFORM,))
+        federated, _, seen = await self._federated((CLOUD_PLATFORM,))
         started = self._clock()
         status, body = await self._post(
             f"{s.iam_url}/v1/projects/-/serviceAccounts/{s.service_account}:generateIdToken",
@@ -169,4 +219,4 @@ class GcpExchanger:
         if status == 200 and isinstance(body.get("token"), str):
             # ID tokens from IAM live one hour; their exp claim is not needed to serve them.
             return GcpIdToken(body["token"], started + 3600, audience)
-        raise self._iam_error(status, body, "iam.serviceAccounts.getOpenIdToken")
+        raise self._iam_error(status, body, "iam.serviceAccounts.getOpenIdToken", seen)

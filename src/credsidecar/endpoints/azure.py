@@ -50,7 +50,7 @@ def resource_key(resource: str) -> str:
     return resource.rstrip("/")
 
 
-def _error(body: Mapping[str, str], status: int, headers: Mapping[str, str] | None = None
+def _error(body: Mapping[str, object], status: int, headers: Mapping[str, str] | None = None
            ) -> web.Response:  # fmt: skip
     # MSAL's App Service client reports only `statusCode` and `message` of an error body; IMDS
     # clients read the OAuth `error` and `error_description`: give both.
@@ -112,7 +112,11 @@ class AzureEndpoints:
                 return identity
         asked = client_id or object_id or mi_res_id
         granted = ", ".join(f"{i.name} ({i.client_id})" for i in self._identities)
-        return _invalid(f"identity {asked!r} is not granted to this launch; granted: {granted}")
+        message = f"identity {asked!r} is not granted to this launch; granted: {granted}"
+        # The same list as data, for the job's own tools (`credsidecar preflight`).
+        listed = [{"name": i.name, "client_id": i.client_id} for i in self._identities]
+        return _error({"error": "invalid_request", "error_description": message,
+                       "granted_identities": listed}, 400)  # fmt: skip
 
     async def _token(self, request: web.Request, app_service: bool) -> web.Response:
         query = request.query

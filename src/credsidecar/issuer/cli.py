@@ -4,6 +4,7 @@ credsidecar issuer [serve]           run the OIDC issuer
 credsidecar issuer export-discovery  write discovery + JWKS for a public bucket
 credsidecar issuer rotate-key        activate (or --stage) a new signing key
 credsidecar issuer status            users x providers identity table (and HPC's members x clusters)
+credsidecar issuer explain           which identities a launch would get per provider, and why
 credsidecar issuer new-api-key       a platform API key and its digest for the config
 credsidecar issuer revoke-run        revoke a run; disable-user / enable-user
 credsidecar issuer new-user-key      a member API key; revoke-user-key; new-kek: key-encryption key
@@ -87,6 +88,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print()
             print(hpc_status_table(issuer.hpc.status_of_everyone()))
     return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.explain import explain, render
+
+    with _issuer(args) as issuer:
+        result = explain(issuer.tokens, args.user, args.workspace, args.pipeline)
+    print(json.dumps(result.to_json(), indent=2) if args.json else render(result))
+    return 1 if result.refused else 0
 
 
 def _cmd_new_api_key(args: argparse.Namespace) -> int:
@@ -231,6 +241,21 @@ def _add_issuer_parser(commands: Any) -> None:
     p = _with_config(sub.add_parser("status", help="users x providers identity table"))
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     p.set_defaults(func=_cmd_status)
+    p = _with_config(
+        sub.add_parser(
+            "explain",
+            help="which identities a launch would get per provider, and why",
+            description="Which identities a launch for a user (in a workspace, of a pipeline) "
+            "would get per provider, the ranked grants that give them, or why it gets none. "
+            "Reads the policy and the issuer's state; needs no running issuer. Exit 1 when "
+            "the issuer would refuse the launch.",
+        )
+    )
+    p.add_argument("--user", required=True, help="the policy user who launches")
+    p.add_argument("--workspace", help="the workspace the launch is in (default: none)")
+    p.add_argument("--pipeline", help="the pipeline launched (default: none)")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    p.set_defaults(func=_cmd_explain)
     p = sub.add_parser("new-api-key", help="generate a platform API key and its config digest")
     p.add_argument("--name", default="platform", help="name recorded in the audit trail")
     p.set_defaults(func=_cmd_new_api_key)

@@ -139,10 +139,21 @@ usernames = {{ {", ".join(f"{user} = {_q(user)}" for user in WORKSPACE_MEMBERS)}
 EXAMPLE_POLICY = example_policy()
 
 
-def write_example(directory: Path, port: int) -> tuple[Path, str]:
-    """Writes issuer.toml and policy.toml; returns the config path and a fresh platform API key."""
+def write_example(directory: Path, port: int, *, stored_keys: bool = False) -> tuple[Path, str]:
+    """Writes issuer.toml and policy.toml; returns the config path and a fresh platform API key.
+
+    With `stored_keys`, also a key-encryption key (`hpc-kek`, 0600) named in `[hpc]`, so
+    members can store SSH keys for stored-key clusters."""
     directory.mkdir(parents=True, exist_ok=True)
     key, digest = new_api_key()
+    hpc = ""
+    if stored_keys:
+        from credsidecar.issuer.sealing import new_kek_text
+        from credsidecar.private_files import write_private_atomic
+
+        write_private_atomic(directory / "hpc-kek", new_kek_text())
+        hpc = '\n[hpc]\nkey_encryption_key_file = "hpc-kek"\n'
+
     (directory / "policy.toml").write_text(EXAMPLE_POLICY, encoding="utf-8")
     config = directory / "issuer.toml"
     config.write_text(
@@ -156,7 +167,7 @@ audit_log = "audit.jsonl"
 [[platform_keys]]
 name = "dev-platform"
 sha256 = "{digest}"
-""",
+{hpc}""",
         encoding="utf-8",
     )
     return config, key

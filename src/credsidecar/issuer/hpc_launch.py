@@ -87,7 +87,8 @@ class HpcLaunches:
             if cluster.name not in granted:
                 raise Forbidden(
                     f"run {run!r} of user {user!r} is not granted HPC cluster {cluster.name!r}; "
-                    'the policy\'s grants with provider = "hpc" decide which launches may use it'
+                    'the policy\'s grants with provider = "hpc" decide which launches may use it '
+                    f"(`credsidecar issuer explain --config CONFIG --user {user}` shows them)"
                 )
         return claims, cluster
 
@@ -107,7 +108,10 @@ class HpcLaunches:
         claims, cluster = self._launch(body)
         user, run = str(claims["user"]), str(claims["run"])
         if cluster.mode != CERTIFICATE:
-            raise BadRequest(f"cluster {cluster.name!r} uses stored keys, not certificates")
+            raise BadRequest(
+                f"cluster {cluster.name!r} uses stored keys, not certificates (run {run!r} of "
+                f"user {user!r}); `hpc cert` needs a certificate cluster, `hpc run` uses either"
+            )
         username = linux_username(self.policy, cluster, user)
         if not username:
             raise Forbidden(
@@ -121,7 +125,9 @@ class HpcLaunches:
         now = int(self._clock())
         not_after = min(now + min(lifetime, self.certificate_lifetime), int(claims["exp"]))
         if not_after <= now:
-            raise Forbidden(f"the launch token of run {run!r} has expired")
+            raise Forbidden(
+                f"the launch token of run {run!r} of user {user!r} has expired; relaunch the run"
+            )
         key_id = f"credsidecar:{user}:{run}:{cluster.name}"
         signed = self._ca.sign(
             text_field(body, "public_key", limit=16_384) or "",

@@ -20,7 +20,7 @@ from joserfc.errors import (
     MissingClaimError,
 )
 
-from credsidecar.errors import InvalidGrant
+from credsidecar.errors import InvalidGrant, bounded
 from credsidecar.issuer.keys import ALGORITHMS, KeyRing
 
 __all__ = ["LAUNCH_TOKEN_USE", "LaunchTokenVerifier"]
@@ -66,8 +66,9 @@ class LaunchTokenVerifier:
             registry.validate(claims)
         except ExpiredTokenError as exc:
             raise InvalidGrant(
-                f"the launch token of run {claims.get('run')!r} expired at {claims.get('exp')}; "
-                "the run outlived its maximum lifetime, so relaunch it"
+                f"the launch token of run {bounded(claims.get('run'), 128)!r} of user "
+                f"{bounded(claims.get('user'), 128)!r} expired at {claims.get('exp')}; the run "
+                "outlived its maximum lifetime, so relaunch it (or mint with a longer lifetime)"
             ) from exc
         except InvalidClaimError as exc:
             if exc.claim in ("nbf", "iat"):
@@ -76,7 +77,9 @@ class LaunchTokenVerifier:
                     "clocks of the issuer and this host agree"
                 ) from exc
             raise InvalidGrant(
-                f"subject_token is not a launch token of this issuer: {exc.description}"
+                f"subject_token is not a launch token of this issuer ({self._issuer_url}): "
+                f"{exc.description}; the sidecar must exchange it at the issuer that minted it "
+                "(its iss claim)"
             ) from exc
         except (MissingClaimError, JoseError) as exc:
             raise InvalidGrant(

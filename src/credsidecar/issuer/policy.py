@@ -21,7 +21,17 @@ from credsidecar.issuer.identities import PROVIDERS, Identity, parse_identity
 from credsidecar.issuer.limits import check_source_identity, check_subject
 from credsidecar.issuer.toml_errors import line_of, syntax_error_line
 
-__all__ = ["Grant", "Policy", "User", "Workspace", "load_policy", "parse_policy"]
+__all__ = [
+    "RANK_NAMES",
+    "Grant",
+    "MatchedGrant",
+    "Policy",
+    "Resolution",
+    "User",
+    "Workspace",
+    "load_policy",
+    "parse_policy",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,38 @@ class Grant:
         return None
 
 
+# Grant.rank's values, most specific first, as `issuer explain` names them.
+RANK_NAMES = (
+    "the user's grant for this pipeline",
+    "the user's grant",
+    "the workspace's grant for this pipeline",
+    "the workspace's grant",
+)
+
+
+@dataclass(frozen=True)
+class MatchedGrant:
+    """One grant that applies to a launch: its rank (0 most specific), its index among the
+    policy's [[grants]] (file order breaks ties) and the grant."""
+
+    rank: int
+    order: int
+    grant: Grant
+
+    @property
+    def basis(self) -> str:
+        return RANK_NAMES[self.rank]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What the policy gives one launch for one provider."""
+
+    matches: tuple[MatchedGrant, ...]  # ranked; the first one's default is the default
+    identities: tuple[Identity, ...]  # the default first
+    unusable: tuple[str, ...] = ()  # granted, but not usable by this user (an unmapped cluster)
+
+
 @dataclass(frozen=True)
 class Policy:
     users: Mapping[str, User]
@@ -88,14 +130,22 @@ class Policy:
             return
         ws = self.workspaces.get(workspace)
         if ws is None:
-            raise Forbidden(f"workspace {workspace!r} is not in the identity policy")
+            raise Forbidden(
+                f"workspace {workspace!r} is not in the identity policy; add a [[workspaces]] "
+                "entry, or launch outside a workspace"
+            )
         if user_id not in ws.members:
-            raise Forbidden(f"user {user_id!r} is not a member of workspace {workspace!r}")
+            raise Forbidden(
+                f"user {user_id!r} is not a member of workspace {workspace!r}; add them to its "
+                "`members` in the identity policy"
+            )
 
-    def granted(
+    def matching_grants(
         self, user_id: str, workspace: str | None, pipeline: str | None, provider: str
-    ) -> list[Identity]:
-        """Identities of `provider` this launch may use, the default first."""
+    ) -> Resolution:
+        """The grants of `provider` that apply to this launch, ranked (see the module
+        docstring), and the identities they give, the default first. Minting, exchanging and
+        `issuer explain` all ask this one function."""
         ranked = sorted(
             (rank, order, grant)
             for order, grant in enumerate(self.grants)
@@ -108,7 +158,17 @@ class Policy:
                 names.append(grant.default)
             names.extend(n for n in grant.identities if n not in names)
         catalogue = self.identities.get(provider, {})
-        return [catalogue[n] for n in names if catalogue[n].usable_by(user_id)]
+        return Resolution(
+            matches=tuple(MatchedGrant(rank, order, grant) for rank, order, grant in ranked),
+            identities=tuple(catalogue[n] for n in names if catalogue[n].usable_by(user_id)),
+            unusable=tuple(n for n in names if not catalogue[n].usable_by(user_id)),
+        )
+
+    def granted(
+        self, user_id: str, workspace: str | None, pipeline: str | None, provider: str
+    ) -> list[Identity]:
+        """Identities of `provider` this launch may use, the default first."""
+        return list(self.matching_grants(user_id, workspace, pipeline, provider).identities)
 
     def workspaces_of(self, user_id: str) -> list[str]:
         return [ws.id for ws in self.workspaces.values() if user_id in ws.members]

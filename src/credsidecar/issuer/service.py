@@ -25,6 +25,7 @@ from credsidecar.errors import (
     InvalidGrant,
     InvalidTarget,
     NotFound,
+    bounded,
 )
 from credsidecar.issuer.config import IssuerConfig
 from credsidecar.issuer.identities import PROVIDERS, AwsIdentity, Identity
@@ -61,6 +62,14 @@ class ExchangeResult:
     expires_at: int
     provider: str
     identity: Mapping[str, Any]
+
+
+def _explain_hint(user: str, workspace: str | None, pipeline: str | None) -> str:
+    """The command that shows what this launch is granted, and why."""
+    command = f"credsidecar issuer explain --config CONFIG --user {user}"
+    command += f" --workspace {workspace}" if workspace else ""
+    command += f" --pipeline {pipeline}" if pipeline else ""
+    return f"`{command}` shows what the policy grants"
 
 
 class IssuerService:
@@ -122,19 +131,30 @@ class IssuerService:
     # checks shared by mint and exchange --------------------------------------------------------
 
     def check_active(self, user_id: str, run: str) -> None:
-        user = self.policy.user(user_id)
-        if user.disabled:
-            raise Forbidden(f"user {user_id!r} is disabled in the identity policy")
-        disabled = self.store.user_disabled(user_id)
-        if disabled is not None:
-            why = f" ({disabled.reason})" if disabled.reason else ""
-            raise Forbidden(f"user {user_id!r} was disabled by an administrator{why}")
+        self.check_user_active(user_id, run)
         revoked = self.store.run_revocation(run)
         if revoked is not None:
-            why = f" ({revoked.reason})" if revoked.reason else ""
+            why = f" ({bounded(revoked.reason, 200)})" if revoked.reason else ""
             raise Forbidden(
                 f"run {run!r} of user {user_id!r} was revoked{why}; start a new run to get "
                 "new credentials"
+            )
+
+    def check_user_active(self, user_id: str, run: str | None = None) -> None:
+        """Forbidden unless the policy knows `user_id` and neither it nor an admin disabled them."""
+        user = self.policy.user(user_id)
+        of_run = f" (run {run!r})" if run else ""
+        if user.disabled:
+            raise Forbidden(
+                f"user {user_id!r}{of_run} is disabled in the identity policy; remove "
+                f"`disabled = true` from their [[users]] entry to let them launch again"
+            )
+        disabled = self.store.user_disabled(user_id)
+        if disabled is not None:
+            why = f" ({bounded(disabled.reason, 200)})" if disabled.reason else ""
+            raise Forbidden(
+                f"user {user_id!r}{of_run} was disabled by an administrator{why}; "
+                f"`credsidecar issuer enable-user {user_id}` lets them launch again"
             )
 
     # mint ---------------------------------------------------------------------------------------
@@ -173,16 +193,24 @@ class IssuerService:
                 for name in selections[provider]:
                     if name not in by_name:
                         raise Forbidden(
-                            f"user {request.user!r} may not use {provider} identity {name!r}"
-                            f"{where}: no grant in the policy gives it to them"
-                            + ("" if granted else f" (they have no {provider} identity at all)")
+                            f"user {request.user!r} (run {request.run!r}) may not use {provider} "
+                            f"identity {name!r}{where}: no grant in the policy gives it to them"
+                            + (
+                                f" (they may use {', '.join(by_name)})"
+                                if granted
+                                else f" (they have no {provider} identity at all)"
+                            )
+                            + f"; add it to a [[grants]] entry for them, or select a granted one "
+                            f"({_explain_hint(request.user, request.workspace, request.pipeline)})"
                         )
                 chosen[provider] = [by_name[n] for n in selections[provider]]
             elif granted:
                 chosen[provider] = granted
         if not chosen:
             raise Forbidden(
-                f"user {request.user!r} has no identity granted{where}; add a [[grants]] entry"
+                f"user {request.user!r} has no identity granted{where}; add a [[grants]] entry "
+                f"for them or their workspace "
+                f"({_explain_hint(request.user, request.workspace, request.pipeline)})"
             )
         user = policy.user(request.user)
         now = int(self._clock())
@@ -266,9 +294,11 @@ class IssuerService:
         if resource:
             provider, name = parse_identity_urn(resource)
             if name not in offered.get(provider, []):
+                carried = ", ".join(offered.get(provider, [])) or f"no {provider} identity"
                 raise InvalidTarget(
-                    f"{provider} identity {name!r} is not part of run {claims['run']!r}'s launch "
-                    f"token (it carries {offered.get(provider) or 'none'})"
+                    f"{provider} identity {bounded(name, 128)!r} is not in the launch token of "
+                    f"run {claims['run']!r} of user {claims['user']!r} (it carries {carried}); "
+                    "select it when the run is launched, or use one the token carries"
                 )
             return provider, name
         catalogue = self.policy.identities
@@ -280,7 +310,8 @@ class IssuerService:
             p: getattr(catalogue.get(p, {}).get(n[0]), "audience", None) for p, n in offered.items()
         }
         raise InvalidTarget(
-            f"audience {audience!r} belongs to none of the identities of run {claims['run']!r} "
+            f"audience {bounded(audience, 200)!r} belongs to none of the identities of run "
+            f"{claims['run']!r} of user {claims['user']!r} "
             f"(their audiences: {', '.join(f'{p}={a}' for p, a in known.items() if a) or 'none'})"
         )
 
@@ -296,13 +327,16 @@ class IssuerService:
         identity = granted.get(name)
         if identity is None:
             raise Forbidden(
-                f"user {user_id!r} may no longer use {provider} identity {name!r}: the policy "
-                "in force no longer grants it"
+                f"user {user_id!r} (run {run!r}) may no longer use {provider} identity {name!r}: "
+                "the policy in force no longer grants it; grant it again, or start a new run "
+                "with an identity the policy grants "
+                f"({_explain_hint(user_id, workspace, pipeline)})"
             )
         if identity.audience != audience:
             raise InvalidTarget(
-                f"{provider} identity {name!r} expects audience {identity.audience!r}, "
-                f"not {audience!r}"
+                f"{provider} identity {name!r} of user {user_id!r} (run {run!r}) expects audience "
+                f"{identity.audience!r}, not {bounded(audience, 200)!r}; set the sidecar's "
+                f"audience for {provider} to {identity.audience!r} (or leave it unset)"
             )
         user = policy.user(user_id)
         now = int(self._clock())

@@ -12,6 +12,7 @@ from credsidecar.sandbox.aws.runner import AwsSandbox, start_aws_sandbox
 from credsidecar.sandbox.azure.runner import AzureSandbox, start_azure_sandbox
 from credsidecar.sandbox.azure.state import ACCESS_TOKEN_LIFETIME
 from credsidecar.sandbox.gcp.runner import GcpSandbox, start_gcp_sandbox
+from credsidecar.sandbox.hpc.runner import HpcSandbox, start_hpc_sandbox
 from credsidecar.sandbox.seed import REFERENCE_KEY, USERS
 
 __all__ = ["Sandbox", "start_sandbox"]
@@ -22,6 +23,7 @@ class Sandbox:
     aws: AwsSandbox
     gcp: GcpSandbox
     azure: AzureSandbox
+    hpc: HpcSandbox  # two login nodes; dev.py registers them at the issuer
 
     def job_env(self) -> dict[str, str]:
         """Variables a job needs to reach the sandbox (GCP storage) and trust its HTTPS."""
@@ -47,10 +49,12 @@ class Sandbox:
             "users": list(USERS),
             **self.gcp.describe(),
             **self.azure.describe(),
+            **self.hpc.describe(),
             "sidecar_flags": self.sidecar_flags(),
         }
 
     async def stop(self) -> None:
+        await self.hpc.stop()
         await self.azure.stop()
         await self.gcp.stop()
         await self.aws.stop()
@@ -62,7 +66,8 @@ async def start_sandbox(
     aws_audience: str = AWS_DEFAULT_AUDIENCE,
     azure_token_lifetime: int = ACCESS_TOKEN_LIFETIME,
 ) -> Sandbox:
-    """Every sandbox cloud trusting `issuer_url`; the Azure CA's files go to `directory`.
+    """Every sandbox cloud trusting `issuer_url`, and the HPC login nodes trusting its SSH CA;
+    the Azure CA's files go to `directory`/azure, the login nodes' to `directory`/hpc.
 
     Clouds start one after another; if one fails, those already started are stopped (in
     reverse order) before the error propagates, so nothing keeps running or holding a port.
@@ -75,5 +80,7 @@ async def start_sandbox(
         azure = await start_azure_sandbox(
             issuer_url, directory / "azure", token_lifetime=azure_token_lifetime
         )
+        started.push_async_callback(azure.stop)
+        hpc = await start_hpc_sandbox(issuer_url, directory / "hpc")
         started.pop_all()  # all up: from here on the caller stops them
-    return Sandbox(aws, gcp, azure)
+    return Sandbox(aws, gcp, azure, hpc)

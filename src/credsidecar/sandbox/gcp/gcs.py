@@ -3,6 +3,9 @@
 Routes are the client's own URL templates under one base URL (`Connection.API_URL_TEMPLATE`
 and blob.py's `_DOWNLOAD_URL_TEMPLATE`/`_BASE_UPLOAD_TEMPLATE`):
     GET    /storage/v1/b/{bucket}                    buckets.get
+    GET    /storage/v1/b/{bucket}/iam/testPermissions buckets.testIamPermissions (preflight's
+                                                     one GCS call): which of the `permissions`
+                                                     asked the caller holds on the bucket
     GET    /storage/v1/b/{bucket}/o                  objects.list (prefix, delimiter, pages)
     GET    /storage/v1/b/{bucket}/o/{object}         objects.get (`alt=media`: the bytes)
     DELETE /storage/v1/b/{bucket}/o/{object}         objects.delete
@@ -84,6 +87,11 @@ def _grant(request: web.Request) -> AccessGrant | None:
     return grant
 
 
+def _scope_allows(grant: AccessGrant, permission: str) -> bool:
+    writes = permission in ("storage.objects.create", "storage.objects.delete")
+    return bool(grant.scopes & (WRITE_SCOPES if writes else READ_SCOPES))
+
+
 def _authorize(request: web.Request, bucket_name: str, permission: str) -> Bucket:
     bucket = request.app[STATE].buckets.get(bucket_name)
     if bucket is None:
@@ -96,8 +104,7 @@ def _authorize(request: web.Request, bucket_name: str, permission: str) -> Bucke
     grant = _grant(request)
     if grant is None:
         raise GcsError(401, f"Anonymous caller {denied}", "required")
-    writes = permission in ("storage.objects.create", "storage.objects.delete")
-    if not grant.scopes & (WRITE_SCOPES if writes else READ_SCOPES):
+    if not _scope_allows(grant, permission):
         raise GcsError(403, "Provided scope(s) are not authorized", "forbidden")
     if not bucket.allows(member_for(grant.principal, grant.kind), permission):
         raise GcsError(403, f"{grant.principal} {denied}", "forbidden")
@@ -115,6 +122,34 @@ async def get_bucket(request: web.Request) -> web.Response:
     bucket = _authorize(request, request.match_info["bucket"], "storage.buckets.get")
     state = request.app[STATE]
     return web.json_response(bucket.resource(_base(request), state.project_number))
+
+
+async def test_permissions(request: web.Request) -> web.Response:
+    """buckets.testIamPermissions: the asked permissions the caller holds, by the same bucket
+    bindings and token scopes `_authorize` enforces. GCS requires no permission for the call
+    itself: a caller with no role gets 200 and, as GCS answers it, no `permissions` field. A
+    missing bucket is 404 and a missing or unknown token 401, as for every other call."""
+    asked = request.query.getall("permissions", [])
+    if not asked:
+        raise GcsError(400, "Required parameter: permissions", "required")
+    for permission in asked:
+        if permission in ("storage.buckets.list", "storage.buckets.create"):
+            raise GcsError(
+                400, f"Permission '{permission}' applies to projects, not buckets.", "invalid"
+            )
+    bucket = request.app[STATE].buckets.get(request.match_info["bucket"])
+    if bucket is None:
+        raise GcsError(404, "The specified bucket does not exist.", "notFound")
+    grant = _grant(request)
+    if grant is None:
+        raise GcsError(401, "Anonymous caller does not have access to test permissions on the "
+                       "Google Cloud Storage bucket.", "required")  # fmt: skip
+    member = member_for(grant.principal, grant.kind)
+    held = [p for p in dict.fromkeys(asked) if _scope_allows(grant, p) and bucket.allows(member, p)]
+    body: dict[str, Any] = {"kind": "storage#testIamPermissionsResponse"}
+    if held:
+        body["permissions"] = held
+    return web.json_response(body)
 
 
 async def list_objects(request: web.Request) -> web.Response:
@@ -282,6 +317,7 @@ def create_gcs_app(state: GcsState) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024 * 1024)
     app[STATE] = state
     app.router.add_get("/storage/v1/b/{bucket}", get_bucket)
+    app.router.add_get("/storage/v1/b/{bucket}/iam/testPermissions", test_permissions)
     app.router.add_get("/storage/v1/b/{bucket}/o", list_objects)
     app.router.add_get("/storage/v1/b/{bucket}/o/{object:.+}", get_object)
     app.router.add_delete("/storage/v1/b/{bucket}/o/{object:.+}", delete_object)

@@ -1,0 +1,1 @@
+"""`credsidecar preflight`: check, before a run spends hours, that its user can reach its paths."""
