@@ -64,6 +64,16 @@ def test_dev_lets_alice_use_both_sandbox_clusters_as_the_printout_shows(tmp_path
         assert check.returncode == 0, check.stdout + check.stderr
         assert "slurm commands on the PATH" in check.stdout
 
+        # preflight of cluster paths before launch: the prepared work dir passes, a missing one
+        # is "not found" (exit 1), through the same login as `hpc run`
+        work = f"ssh://sandbox-cluster{hpc['work_dir']}"
+        missing = f"{work}/no-such-dir"
+        pre = run_client([*CLI, "preflight", "--token-file", info["launch_token_file"],
+                          "--json", "--work-dir", work, "--read", missing], env)  # fmt: skip
+        assert pre.returncode == 1, pre.stdout + pre.stderr
+        verdicts = {p["path"]: p["verdict"] for p in json.loads(pre.stdout)["paths"]}
+        assert verdicts == {work: "ok", missing: "not found"}
+
         stored = run_client(
             [*CLI, "hpc", "run", "--cluster", "sandbox-stored", "--", "hostname"], env
         )
@@ -71,7 +81,8 @@ def test_dev_lets_alice_use_both_sandbox_clusters_as_the_printout_shows(tmp_path
 
         logins = Path(hpc["login_log"]).read_text()
         key_id = f"credsidecar:alice:{info['run']}:sandbox-cluster"
-        assert logins.count(f"sandbox-cluster: accepted certificate ID {key_id}") == 3
+        # hpc run, ssh, hpc check, and one login per preflight path
+        assert logins.count(f"sandbox-cluster: accepted certificate ID {key_id}") == 5
         assert "sandbox-stored: accepted key SHA256:" in logins
     finally:
         code = stop_process(proc, signal.SIGINT)

@@ -131,3 +131,17 @@ def test_json_carries_the_same_data_and_the_sentences() -> None:
         {"identity": ALICE_ROLE, "name": "alice-data", "select": "select alice-data"}
     ]
     assert path["message"] == sentence(finding, report(finding))
+
+
+def test_a_cluster_work_dir_without_group_settings_is_reported_as_not_writable() -> None:
+    """setgid or a default ACL missing is what writing results for the group needs, not
+    reading: the sentence says 'cannot write', and 'cannot read' only for read permission."""
+    work = frozenset({Access.READ, Access.WRITE, Access.DELETE})
+    shared = Finding(denied("ssh://sandbox-cluster/tmp", "setgid", "hpc", "alice@sandbox-cluster",
+                            access=work))  # fmt: skip
+    assert "cannot write ssh://sandbox-cluster/tmp as alice@sandbox-cluster" in (
+        sentence(shared, report(shared)) or ""
+    )
+    unreadable = Finding(denied("ssh://sandbox-cluster/x", "read permission", "hpc",
+                                "alice@sandbox-cluster", access=work))  # fmt: skip
+    assert "cannot read ssh://sandbox-cluster/x" in (sentence(unreadable, report(unreadable)) or "")

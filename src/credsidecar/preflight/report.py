@@ -87,7 +87,11 @@ def _verbs(target: Target, missing: tuple[str, ...]) -> str:
     found = []
     for permission in missing:
         lower = permission.lower()
-        if "delete" in lower:
+        if target.cloud == "hpc":
+            # Besides plain read access, what a cluster work dir lacks (write permission,
+            # setgid, a group default ACL) is what writing results for the group needs.
+            found.append(Access.READ if lower == "read permission" else Access.WRITE)
+        elif "delete" in lower:
             found.append(Access.DELETE)
         elif any(word in lower for word in ("put", "create", "write")):
             found.append(Access.WRITE)
