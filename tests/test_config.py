@@ -56,7 +56,8 @@ EXAMPLES: dict[Kind, str] = {
     ASSIGNMENTS: "EXAMPLE=a,b",
 }
 # Options whose generic example would fail the config's own validation.
-SPECIAL_EXAMPLES = {"--host": "::1", "--token-env": "JOB_TOKEN"}
+SPECIAL_EXAMPLES = {"--host": "::1", "--token-env": "JOB_TOKEN",
+                    "--aws-relative-uri": "/v2/credentials/example"}  # fmt: skip
 
 
 def sidecar(argv: Sequence[str], env: dict[str, str]) -> SidecarConfig:
@@ -271,3 +272,16 @@ def test_the_default_run_directory_is_named_without_probing_the_temporary_direct
     monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
     monkeypatch.setattr("tempfile.tempdir", None)
     assert default_run_dir() == tmp_path / "missing" / f"credsidecar-{os.geteuid()}"
+
+
+def test_well_known_and_a_relative_uri_refuse_secret_only() -> None:
+    base = ["--token-file", "t", "--secret-only"]
+    with pytest.raises(ConfigError, match=r"--well-known .* cannot be combined with --secret-only"):
+        sidecar([*base, "--well-known"], {})
+    with pytest.raises(ConfigError, match=r"--aws-relative-uri .* --secret-only"):
+        sidecar([*base, "--aws-relative-uri", "/v2/credentials/x"], {})
+
+
+def test_a_relative_uri_must_be_a_path() -> None:
+    with pytest.raises(ConfigError, match="is not a path: start it with /"):
+        sidecar(["--token-file", "t", "--aws-relative-uri", "v2/credentials/x"], {})

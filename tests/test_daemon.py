@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from credsidecar.config import SidecarConfig
 from credsidecar.daemon import RunningSidecar, _token_source, run_sidecar
+from credsidecar.errors import ConfigError
 from credsidecar.jobenv import ENV_FILE_NAME
 
 ROLE = "arn:aws:iam::123456789012:role/alice-data"
@@ -164,3 +165,16 @@ async def test_a_stop_while_waiting_for_the_first_credentials_ends_the_sidecar_c
     assert await asyncio.to_thread(lambda: list((tmp_path / "run").iterdir())) == []
     audit = await asyncio.to_thread((tmp_path / "audit.jsonl").read_text)
     assert '"event":"sidecar.stopped"' in audit and '"event":"sidecar.ready"' not in audit
+
+
+async def test_well_known_without_the_address_here_stops_with_what_to_do(tmp_path: Path) -> None:
+    """--well-known binds 169.254.169.254:80, which must already be on an interface: where it
+    is not (this test's network namespace), the sidecar says how to add it, before serving."""
+    token = tmp_path / "token"
+    token.write_text("direct.token.value")
+    config = SidecarConfig(
+        direct_token_file=token, aws_role_arn=ROLE, well_known=True,
+        run_dir=tmp_path / "run", audit_log=str(tmp_path / "audit.jsonl"),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"cannot bind 169\.254\.169\.254:80 .*`ip addr add 169"):
+        await run_sidecar(config, asyncio.Event())

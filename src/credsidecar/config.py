@@ -80,6 +80,11 @@ class SidecarConfig:
     host: str = "127.0.0.1"
     port: int = 0
     link_local: bool = False
+    # Also answer on the clouds' metadata addresses, port 80 (listen.bind_well_known; deploy/netns).
+    well_known: bool = False
+    # The AWS container document at this path with no Authorization (169.254.170.2 + it, with
+    # well_known, for clients given only AWS_CONTAINER_CREDENTIALS_RELATIVE_URI).
+    aws_relative_uri: str | None = None
     # Unix users answered besides the sidecar's own and root (a job under another account).
     allow_uids: frozenset[int] = frozenset()
     # Answer every local peer: only where the network namespace holds nothing but the job.
@@ -132,6 +137,19 @@ class SidecarConfig:
                 f"--host {self.host} is not loopback; the sidecar serves credentials on "
                 "127.0.0.1 only (use --link-local for a 169.254.x address)"
             )
+        if self.well_known and self.secret_only:
+            raise ConfigError(
+                "--well-known serves the clouds' metadata contracts, which carry no per-job "
+                "secret; it cannot be combined with --secret-only"
+            )
+        if self.aws_relative_uri is not None and not self.aws_relative_uri.startswith("/"):
+            raise ConfigError(
+                f"--aws-relative-uri {self.aws_relative_uri[:60]!r} is not a path: start it "
+                "with /, e.g. /v2/credentials/<random>"
+            )
+        if self.aws_relative_uri is not None and self.secret_only:
+            raise ConfigError("--aws-relative-uri serves credentials with no per-job secret; it "
+                              "cannot be combined with --secret-only")  # fmt: skip
         bad_uids = [u for u in self.allow_uids if not isinstance(u, int) or not 0 <= u < MAX_UID]
         if bad_uids:
             raise ConfigError(f"--allow-uid {bad_uids[0]!r} is not a uid: give a number >= 0")
@@ -218,6 +236,15 @@ SIDECAR_OPTIONS: tuple[Option, ...] = (
         Option("--port", INT, "port to listen on (default: a free one, written to the env "
                "file)"),
         Option("--link-local", SWITCH, "also accept peers and Host names on 169.254.x (opt-in)"),
+        Option("--well-known", SWITCH, "also answer on the clouds' metadata addresses, port 80: "
+               "169.254.169.254 (AWS, GCP, Azure; metadata.google.internal), 169.254.170.2 and "
+               "fd00:ec2::254 where present; they must already be on an interface (e.g. the "
+               "namespace's loopback: deploy/netns), and port 80 needs CAP_NET_BIND_SERVICE or "
+               "the sysctl net.ipv4.ip_unprivileged_port_start=80"),
+        Option("--aws-relative-uri", TEXT, "also serve AWS credentials at this path with no "
+               "Authorization: with --well-known, http://169.254.170.2 + PATH is the ECS "
+               "endpoint of clients given only AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=PATH; the "
+               "path is the only secret: make it unguessable", metavar="PATH"),
         Option("--allow-uid", UIDS, "also answer processes of this Unix user (repeatable; "
                "its variable takes a comma-separated list); by default only the sidecar's own "
                "user and root are answered", metavar="UID", field="allow_uids"),

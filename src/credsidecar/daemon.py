@@ -23,7 +23,13 @@ from aiohttp import web
 
 from credsidecar.audit import AuditLog
 from credsidecar.config import RUN_DIR_REMEDY, SidecarConfig
-from credsidecar.endpoints.guards import Guard, PeerPolicy, RefusalLog, allowed_hosts
+from credsidecar.endpoints.guards import (
+    Guard,
+    PeerPolicy,
+    RefusalLog,
+    allowed_hosts,
+    well_known_hosts,
+)
 from credsidecar.errors import ConfigError
 from credsidecar.jobenv import ENV_FILE_NAME, render
 from credsidecar.launch import (
@@ -34,6 +40,7 @@ from credsidecar.launch import (
     read_claims,
 )
 from credsidecar.launch.exchange import DirectToken, IssuerExchange, TokenSupplier
+from credsidecar.listen import WELL_KNOWN_HOST_NAMES, bind_well_known
 from credsidecar.private_files import (
     FileId,
     ensure_private_dir,
@@ -49,7 +56,13 @@ from credsidecar.providers import (
     build_gcp,
 )
 from credsidecar.server import create_sidecar_app
-from credsidecar.serving import serving
+from credsidecar.serving import (
+    MIN_CONNECTIONS,
+    ConnectionLimits,
+    connection_cap,
+    raise_fd_limit,
+    serving,
+)
 from credsidecar.tls import client_context
 
 __all__ = ["RunningSidecar", "run_sidecar"]
@@ -121,11 +134,35 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def _serving(app: web.Application, sock: socket.socket) -> AsyncIterator[None]:
+async def _serving(
+    app: web.Application, sock: socket.socket, limits: ConnectionLimits | None = None
+) -> AsyncIterator[None]:
     """Serves within the connection limits (serving.py): open-files limit raised, a cap with
     room made by closing idle connections, idle and header-read timeouts."""
-    async with serving(app, sock):
+    async with serving(app, sock, limits=limits):
         yield
+
+
+@contextlib.asynccontextmanager
+async def _serving_all(
+    guard: Guard, providers: list[Provider], socks: list[socket.socket]
+) -> AsyncIterator[None]:
+    """The same routes on every socket (loopback, and the well-known addresses), one app each;
+    with several, the connection cap is shared out so that together they stay within it."""
+    limits = None
+    if len(socks) > 1:
+        total = connection_cap(ConnectionLimits(), raise_fd_limit())
+        limits = ConnectionLimits(max_connections=max(MIN_CONNECTIONS, total // len(socks)))
+    async with contextlib.AsyncExitStack() as sites:
+        for listening in socks:
+            app = create_sidecar_app(guard, providers)
+            await sites.enter_async_context(_serving(app, listening, limits))
+        yield
+
+
+def _where(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _remove_files(private: list[Path], env_file: Path | None, env_file_id: FileId | None) -> None:
@@ -184,10 +221,22 @@ async def _run(
                 raise ConfigError("the launch token names no issuer (iss); pass --issuer-url")
             supplier = IssuerExchange(issuer, source, session)
         # Bound before anything is built, so the Host allowlist and the job's URLs know the port.
-        sock = _bind(config.host, config.port)
+        try:
+            sock = _bind(config.host, config.port)
+            try:
+                # --well-known: port 80 of the clouds' metadata addresses, beside loopback.
+                well_known = bind_well_known() if config.well_known else []
+            except BaseException:
+                sock.close()
+                raise
+        except BaseException:  # nothing else is started yet: the audit log is all to close
+            await asyncio.to_thread(audit.close)
+            raise
         port = int(sock.getsockname()[1])
         url = f"http://{config.host}:{port}"
         hosts = allowed_hosts(port, ["169.254.169.254"] if config.link_local else [])
+        if well_known:
+            hosts |= well_known_hosts(WELL_KNOWN_HOST_NAMES)
         refusals = RefusalLog(audit)
         peers = PeerPolicy.for_job(config.allow_uids, config.any_local_peer)
         ctx = Context(config, claims, supplier, session, audit, who, url, hosts, refusals, peers)
@@ -220,8 +269,7 @@ async def _run(
                 return 0
             starting.result()  # a failed start raises here
             guard = Guard(hosts, refusals, config.link_local, peers=peers)
-            app = create_sidecar_app(guard, providers)
-            async with _serving(app, sock):
+            async with _serving_all(guard, providers, [sock, *well_known]):
                 env_text = job_environment(providers, config.job_env)
                 await asyncio.to_thread(write_private_atomic, run_dir / ENV_FILE_NAME, env_text)
                 if config.env_file is not None:
@@ -229,8 +277,11 @@ async def _run(
                         write_private_atomic, config.env_file, env_text
                     )
                 described = "; ".join(p.description for p in providers)
-                log.info("sidecar ready at %s for %s", url, described)
-                audit.event("sidecar.ready", **who, url=url, providers=[p.name for p in providers])
+                also = [_where(s) for s in well_known]
+                log.info("sidecar ready at %s%s for %s", url,
+                         f" and {', '.join(also)}" if also else "", described)  # fmt: skip
+                audit.event("sidecar.ready", **who, url=url, providers=[p.name for p in providers],
+                            **({"well_known": also} if also else {}))  # fmt: skip
                 if started is not None and not started.done():
                     started.set_result(RunningSidecar(url, port, env_text))
                 await asyncio.wait(stopping, return_when=asyncio.FIRST_COMPLETED)
@@ -239,6 +290,8 @@ async def _run(
             for task in stopping:
                 task.cancel()
             sock.close()
+            for extra in well_known:
+                extra.close()
             for provider in providers:
                 await provider.close()
             private = [run_dir / ENV_FILE_NAME, run_dir / AWS_TOKEN_FILE_NAME]

@@ -31,6 +31,7 @@ from credsidecar.config import SidecarConfig
 from credsidecar.endpoints.aws import CONTAINER_PATH, AwsEndpoints
 from credsidecar.endpoints.azure import (
     APP_SERVICE_PATH,
+    LEGACY_APP_SERVICE_PATH,
     AzureEndpoints,
     resource_key,
     with_error_fields,
@@ -180,7 +181,9 @@ async def build_aws(ctx: Context) -> Provider | None:
     await asyncio.to_thread(write_private_atomic, secret_file, secret)
     guard = Guard(ctx.hosts, ctx.refusals, config.link_local, peers=ctx.peers)
     role_name = settings.role_arn.rsplit("/", 1)[-1]
-    endpoints = AwsEndpoints(cache, secret, ctx.audit, guard, role_name, ctx.who)
+    endpoints = AwsEndpoints(cache, secret, ctx.audit, guard, role_name, ctx.who,
+                             region=config.aws_region,
+                             relative_path=config.aws_relative_uri)  # fmt: skip
     routes = endpoints.routes()
     exports = {
         URL_VARIABLE: ctx.url,
@@ -392,14 +395,27 @@ async def build_azure(ctx: Context) -> Provider | None:
         URL_VARIABLE: ctx.url,
         "IDENTITY_ENDPOINT": f"{ctx.url}{APP_SERVICE_PATH}",
         "IDENTITY_HEADER": secret,
+        # The App Service 2017-09-01 contract for older clients (msrestazure, az <= 2.45), with
+        # the same secret: both sit in the one environment, so a second value would separate
+        # nothing and only double what must stay out of logs. Newer SDKs check
+        # IDENTITY_ENDPOINT first and keep using it.
+        "MSI_ENDPOINT": f"{ctx.url}{LEGACY_APP_SERVICE_PATH}",
+        "MSI_SECRET": secret,
+        # msrestazure (az <= 2.45) sends the secret only where this is set (its App Service
+        # test); without it, it POSTs to MSI_ENDPOINT with no secret (Cloud Shell's contract).
+        # Nothing newer reads it.
+        "APPSETTING_WEBSITE_SITE_NAME": "credsidecar",
         "AZURE_POD_IDENTITY_AUTHORITY_HOST": ctx.url,
         # az keeps logins in its config directory; a private empty one starts clean.
         "AZURE_CONFIG_DIR": str(az_dir),
     }
-    unsets = list(AZURE_UNSET)
+    unsets = [name for name in AZURE_UNSET if name not in exports]
     if config.secret_only:
-        # The IMDS path's only check is a `Metadata: true` header anyone can send.
-        routes = [r for r in routes if r.path == APP_SERVICE_PATH]
+        # Only the paths that check the per-job secret: the IMDS path's only check is a
+        # `Metadata: true` header anyone can send, and the instance metadata (subscription,
+        # resource group) is no business of another local user either.
+        secret_checked = {APP_SERVICE_PATH, LEGACY_APP_SERVICE_PATH, f"{LEGACY_APP_SERVICE_PATH}/"}
+        routes = [r for r in routes if r.path in secret_checked]
         del exports["AZURE_POD_IDENTITY_AUTHORITY_HOST"]
         unsets.append("AZURE_POD_IDENTITY_AUTHORITY_HOST")
     first = identities[0]

@@ -32,6 +32,8 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 SIDECAR_UID = 65532
+# Run for real (as root) by tests/e2e/test_well_known.py; its syntax is checked here.
+NETNS_SCRIPT = DEPLOY / "netns" / "well-known-netns.sh"
 # Secret values never belong in a committed manifest: the names of variables that would carry one.
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|KEY|KEK|SAS", re.IGNORECASE)
 # Prefixes of the variables the sidecar's job environment sets or unsets: a value set by the
@@ -84,9 +86,10 @@ def test_every_deploy_file_is_covered_here() -> None:
         DEPLOY / "azure-batch" / "job.json",
         DEPLOY / "azure-batch" / "task.json",
         DEPLOY / "nextflow" / "nextflow.config",
+        NETNS_SCRIPT,
     }
     # deploy/compose/ is run for real by the container tests (tests/container/).
-    folders = ("kubernetes", "aws-batch", "google-batch", "azure-batch", "nextflow")
+    folders = ("kubernetes", "aws-batch", "google-batch", "azure-batch", "nextflow", "netns")
     present = {
         p for folder in folders for p in (DEPLOY / folder).rglob("*")
         if p.is_file() and p.name != "README.md"
@@ -719,3 +722,42 @@ def test_kubernetes_probe_command_runs_and_reports_not_ready(tmp_path: Path) -> 
                     check=False,
                 )
                 assert done.returncode == 1, f"{name} {probe}: {done.stderr}"
+
+
+def test_well_known_job_adds_the_addresses_to_the_pods_loopback_and_nothing_more() -> None:
+    """NET_ADMIN for one init container that only runs `ip addr add ... dev lo`; no host
+    network, no iptables; the sidecar binds port 80 unprivileged through the pod's sysctl."""
+    doc = dict(K8S_DOCS)["well-known-job.yaml:Job/pipeline-run-r1-well-known"]
+    spec = pod_spec(doc)
+    assert spec is not None
+    assert not spec.get("hostNetwork") and spec["automountServiceAccountToken"] is False
+    sysctls = {s["name"]: s["value"] for s in spec["securityContext"]["sysctls"]}
+    assert sysctls == {"net.ipv4.ip_unprivileged_port_start": "80"}
+    assert spec["hostAliases"] == [
+        {"ip": "169.254.169.254", "hostnames": ["metadata.google.internal"]}
+    ]
+    addresses, sidecar = spec["initContainers"]
+    script = " ".join(addresses["args"])
+    for address in ("169.254.169.254/32 dev lo", "169.254.170.2/32 dev lo", "fd00:ec2::254/128"):
+        assert f"addr add {address}" in script
+    assert "iptables" not in script and "restartPolicy" not in addresses
+    subprocess.run(["sh", "-n", "-c", script], check=True)
+    assert addresses["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert addresses["securityContext"]["allowPrivilegeEscalation"] is False
+    # Every other container: uid 65532, no capability at all.
+    assert sidecar["restartPolicy"] == "Always" and "--well-known" in sidecar["args"]
+    for container in (sidecar, *spec["containers"]):
+        sc = container["securityContext"]
+        assert sc["runAsUser"] == SIDECAR_UID and sc["capabilities"] == {"drop": ["ALL"]}
+    # The job is given nothing of credsidecar's: no variable, no env file.
+    (job,) = spec["containers"]
+    assert not [e for e in job.get("env", []) if e["name"].startswith(SIDECAR_VARIABLE_PREFIXES)]
+    assert "job-env" not in {m["name"] for m in job["volumeMounts"]}
+
+
+def test_netns_script_is_valid_shell_and_touches_only_the_namespace() -> None:
+    subprocess.run(["sh", "-n", str(NETNS_SCRIPT)], check=True)
+    lines = NETNS_SCRIPT.read_text(encoding="utf-8").splitlines()
+    script = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    assert "iptables" not in script and "dev lo" in script
+    assert "net.ipv4.ip_unprivileged_port_start=80" in script

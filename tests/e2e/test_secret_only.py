@@ -105,6 +105,10 @@ def test_azure_identity_acts_as_alice_through_app_service(
         ("GET", "/", {"Metadata-Flavor": "Google"}),
         ("GET", "/metadata/identity/oauth2/token?api-version=2018-02-01"
          "&resource=https://storage.azure.com", {"Metadata": "true"}),
+        # instance metadata: no credential, but the subscription and resource group
+        ("GET", "/metadata/instance?api-version=2021-02-01", {"Metadata": "true"}),
+        ("GET", "/latest/meta-data/placement/region", {}),
+        ("GET", "/computeMetadata/v1/instance/zone", {"Metadata-Flavor": "Google"}),
     ],
 )  # fmt: skip
 def test_routes_without_a_secret_are_not_served(

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from credsidecar.audit import AuditLog
+from credsidecar.cache import CredentialCache
+from credsidecar.clouds.contracts import AwsCredentials
+from credsidecar.endpoints.aws import AwsEndpoints
+from credsidecar.endpoints.guards import Guard, RefusalLog, allowed_hosts
 from credsidecar.errors import Forbidden, Unavailable
-from tests.endpoints.conftest import SECRET, Sidecar
+from tests.endpoints.conftest import SECRET, Sidecar, Upstream
 from tests.support import raw_http
+from tests.support.ports import held_port
 
 CONTAINER = "/v1/credentials/aws"
 CREDS = "/latest/meta-data/iam/security-credentials/"
@@ -202,3 +212,65 @@ async def test_a_container_authorization_that_is_not_utf8_or_ascii_is_a_401(
     resp = await raw_http.get(sidecar.port, CONTAINER.encode(), b"Authorization: " + value)
     assert resp.status == 401
     assert SECRET not in sidecar.audit.getvalue()
+
+
+# instance metadata (--well-known: what SDKs read where no variable names a region) -------------
+
+
+async def test_placement_and_instance_id_answer_with_a_session_token(sidecar: Sidecar) -> None:
+    token = await imds_token(sidecar)
+    paths = {"/latest/meta-data/placement/region": "us-east-1",
+             "/latest/meta-data/placement/availability-zone/": "us-east-1a",  # botocore's
+             "/latest/meta-data/placement/availability-zone": "us-east-1a"}  # fmt: skip
+    for path, expected in paths.items():
+        resp = await sidecar.client.get(path, headers={TOKEN: token})
+        assert (resp.status, await resp.text()) == (200, expected)
+        assert (await sidecar.client.get(path)).status == 401  # IMDSv2 only
+    resp = await sidecar.client.get("/latest/meta-data/instance-id", headers={TOKEN: token})
+    assert re.fullmatch(r"i-[0-9a-f]{17}", await resp.text())
+
+
+async def test_identity_document_names_the_credentials_account_and_region(
+    sidecar: Sidecar,
+) -> None:
+    await sidecar.cache.refresh()
+    token = await imds_token(sidecar)
+    headers = {TOKEN: token}
+    document = "/latest/dynamic/instance-identity/document"
+    resp = await sidecar.client.get(document, headers=headers)
+    assert resp.status == 200 and resp.content_type == "application/json"
+    body = await resp.json()
+    instance = await (
+        await sidecar.client.get("/latest/meta-data/instance-id", headers=headers)
+    ).text()
+    assert body["accountId"] == "123456789012" and body["region"] == "us-east-1"
+    assert body["availabilityZone"] == "us-east-1a" and body["instanceId"] == instance
+    assert EXPIRATION.fullmatch(body["pendingTime"]) and body["version"] == "2017-09-30"
+    assert (await sidecar.client.get(document)).status == 401
+
+
+async def test_the_relative_uri_path_serves_the_container_document_without_authorization(
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    upstream, audit = Upstream(), AuditLog(io.StringIO())
+    cache: CredentialCache[AwsCredentials] = CredentialCache("AWS (user alice)", upstream.fetch)
+    port, server_kwargs = held_port()
+    guard = Guard(allowed_hosts(port), RefusalLog(audit))
+    endpoints = AwsEndpoints(
+        cache, SECRET, audit, guard, "alice-data", {"user": "alice"},
+        region="eu-west-1", relative_path="/v2/credentials/s3cr3t",
+    )  # fmt: skip
+    app = web.Application()
+    app.add_routes(guard.routes(endpoints.routes()))
+    client = await aiohttp_client(app, server_kwargs=server_kwargs)
+    await cache.refresh()
+    try:
+        resp = await client.get("/v2/credentials/s3cr3t")
+        assert resp.status == 200
+        assert (await resp.json())["AccessKeyId"] == "ASIATEST000000000001"
+        assert (await client.get("/v2/credentials/guess")).status == 404
+        token = await (await client.put("/latest/api/token", headers={TTL: "60"})).text()
+        region = await client.get("/latest/meta-data/placement/region", headers={TOKEN: token})
+        assert await region.text() == "eu-west-1"
+    finally:
+        await cache.close()

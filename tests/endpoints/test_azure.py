@@ -18,6 +18,8 @@ from credsidecar.clouds.contracts import AzureIdentityRef, AzureToken
 from credsidecar.endpoints.azure import (
     APP_SERVICE_PATH,
     IMDS_PATH,
+    LEGACY_APP_SERVICE_PATH,
+    MAX_ECHOED,
     MAX_RESOURCE_LENGTH,
     AzureEndpoints,
     with_error_fields,
@@ -250,3 +252,79 @@ async def test_a_revoked_run_is_403_for_a_cached_and_a_new_resource_alike(azure:
         body = await resp.json()
         assert resp.status == 403 and body["statusCode"] == "403", body
         assert "was revoked" in body["message"] and "Retry-After" not in resp.headers
+
+
+def legacy(resource: str = STORAGE, version: str = "2017-09-01", slash: str = "/",
+           **selector: str) -> str:  # fmt: skip
+    """The App Service 2017-09-01 request (msrestazure adds a slash: MSI_ENDPOINT + "/?...")."""
+    query = "&".join(f"{k}={v}" for k, v in {"resource": resource, "api-version": version,
+                                                **selector}.items())  # fmt: skip
+    return f"{LEGACY_APP_SERVICE_PATH}{slash}?{query}"
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+async def test_legacy_contract_answers_the_2017_fields_with_an_epoch_expires_on(
+    azure: Azure, slash: str
+) -> None:
+    from azure.identity._credentials.azure_ml import _parse_expires_on
+
+    resp = await azure.client.get(legacy(slash=slash), headers={"secret": SECRET})
+    assert resp.status == 200 and resp.content_type == "application/json"
+    body = await resp.json()
+    expiry = int(azure.clock.wall()) + 3600
+    assert body == {"access_token": "token-alice-1", "expires_on": str(expiry),
+                    "resource": STORAGE, "token_type": "Bearer",
+                    "client_id": ALICE.client_id}  # fmt: skip
+    # What the clients of this contract do with it: azure-identity's Azure ML parser, MSAL
+    # Python's int(), az 2.45's int() (msrestazure hands the dict on unparsed).
+    parsed = dict(body)
+    _parse_expires_on(parsed)
+    assert parsed["expires_on"] == int(body["expires_on"]) == expiry
+
+
+async def test_legacy_contract_needs_the_secret_header(azure: Azure) -> None:
+    for headers in ({}, {"secret": "guess"}, {"X-IDENTITY-HEADER": SECRET}):
+        resp = await azure.client.get(legacy(), headers=headers)
+        assert resp.status == 401, headers
+        body = await resp.json()
+        assert "MSI_SECRET" in body["error_description"] and body["statusCode"] == "401"
+    # ... and the 2019-08-01 path does not take the 2017 header either.
+    resp = await azure.client.get(app_service(), headers={"secret": SECRET})
+    assert resp.status == 401
+    assert azure.entra.asked == []
+    assert SECRET not in azure.audit.getvalue()
+    refused = [json.loads(line) for line in azure.audit.getvalue().splitlines()]
+    assert "missing or wrong secret header" in {e.get("reason") for e in refused}
+
+
+@pytest.mark.parametrize("version", ["2019-08-01", "", "2017-09-01x", "9" * 1000])
+async def test_legacy_contract_refuses_other_api_versions(azure: Azure, version: str) -> None:
+    resp = await azure.client.get(legacy(version=version), headers={"secret": SECRET})
+    assert resp.status == 400
+    message = (await resp.json())["error_description"]
+    assert "api-version=2017-09-01" in message and "IDENTITY_ENDPOINT" in message
+    assert len(message) < 200 + MAX_ECHOED  # a long value is not echoed whole
+    assert azure.entra.asked == []
+
+
+async def test_legacy_clientid_selects_a_granted_identity_and_refuses_others(
+    azure: Azure,
+) -> None:
+    resp = await azure.client.get(legacy(clientid=SHARED.client_id), headers={"secret": SECRET})
+    assert (await resp.json())["client_id"] == SHARED.client_id
+    other = "00000000-0000-4000-8000-0000000000ff"
+    resp = await azure.client.get(legacy(clientid=other), headers={"secret": SECRET})
+    assert resp.status == 400
+    body = await resp.json()
+    assert f"identity '{other}' is not granted" in body["message"]
+    assert azure.entra.asked == [("genomics-pipelines", STORAGE_KEY)]
+
+
+async def test_the_audit_names_the_contract_each_token_was_served_through(azure: Azure) -> None:
+    await azure.client.get(app_service(), headers={"X-IDENTITY-HEADER": SECRET})
+    await azure.client.get(legacy(), headers={"secret": SECRET})
+    await azure.client.get(legacy(slash=""), headers={"secret": SECRET})
+    events = [json.loads(line) for line in azure.audit.getvalue().splitlines()]
+    paths = [e["path"] for e in events if e["event"] == "credentials.served"]
+    assert paths == [APP_SERVICE_PATH, LEGACY_APP_SERVICE_PATH]  # one line per token and path
+    assert azure.entra.asked == [("alice", STORAGE_KEY)]  # one token for both

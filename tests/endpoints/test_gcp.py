@@ -272,3 +272,14 @@ async def test_an_outage_is_503_with_retry_after(clocked: ClockedGcp) -> None:
     clocked.fake.error = Unavailable("Google STS is unreachable", retry_after=7)
     resp = await clocked.client.get(TOKEN_PATH, headers=FLAVOR)
     assert resp.status == 503 and resp.headers["Retry-After"] == "7"
+
+
+async def test_instance_id_and_zone_are_served_and_listed(client: TestClient) -> None:
+    listing = await (await client.get(f"{V1}/instance/", headers=FLAVOR)).text()
+    assert {"id", "zone", "service-accounts/"} <= set(listing.split())
+    resp = await client.get(f"{V1}/instance/id", headers=FLAVOR)
+    assert resp.status == 200 and (await resp.text()).isdigit()
+    assert resp.headers["Metadata-Flavor"] == "Google"
+    zone = await (await client.get(f"{V1}/instance/zone", headers=FLAVOR)).text()
+    assert zone == "projects/123456/zones/us-central1-a"
+    assert (await client.get(f"{V1}/instance/zone")).status == 403  # the flavor header

@@ -26,6 +26,7 @@ from credsidecar.endpoints.guards import (
     allowed_hosts,
     secret_bytes,
     secrets_match,
+    well_known_hosts,
 )
 from credsidecar.endpoints.peers import ConnectionPeers, PeerUnknown
 from credsidecar.errors import ConfigError
@@ -81,6 +82,31 @@ def test_peer_must_be_loopback_unless_link_local_is_opted_in(
     address: str | None, link_local: bool, allowed: bool
 ) -> None:
     assert _peer_allowed(address, link_local) is allowed
+
+
+@pytest.mark.parametrize(
+    ("address", "local", "allowed"),
+    [
+        ("169.254.169.254", "169.254.169.254", True), ("fd00:ec2::254", "fd00:ec2::254", True),
+        ("169.254.170.2", "169.254.170.2", True), ("127.0.0.1", "169.254.169.254", True),
+        # Another host of the link, or an address of ours the job did not connect to.
+        ("169.254.1.7", "169.254.169.254", False), ("10.0.0.5", "169.254.169.254", False),
+        ("fd00:ec2::253", "fd00:ec2::254", False), ("169.254.169.254", None, False),
+        ("0.0.0.0", "0.0.0.0", False),
+    ],
+)  # fmt: skip
+def test_a_peer_on_the_address_it_connected_to_is_in_this_namespace(
+    address: str, local: str | None, allowed: bool
+) -> None:
+    """--well-known: a job reaching 169.254.169.254 on its namespace's loopback connects from
+    that very address; nothing outside the namespace can (Linux drops such martians)."""
+    assert _peer_allowed(address, False, local) is allowed
+
+
+def test_well_known_hosts_accept_the_names_without_and_with_port_80() -> None:
+    hosts = well_known_hosts(["169.254.169.254", "metadata.google.internal", "[fd00:ec2::254]"])
+    assert {"169.254.169.254", "metadata.google.internal:80", "[fd00:ec2::254]"} <= hosts
+    assert "169.254.169.254:8080" not in hosts and "localhost" not in hosts
 
 
 async def test_refusals_are_audited_once_per_window_with_a_count(sidecar: Sidecar) -> None:

@@ -7,6 +7,8 @@ absolute `Expiration`, so the same bytes stay correct until the next renewal.
 from __future__ import annotations
 
 import json
+import platform
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from credsidecar.endpoints.guards import Guard, secret_bytes, secrets_match
 from credsidecar.endpoints.session_tokens import SessionTokens
 from credsidecar.errors import CredsidecarError, answer_status
 
-__all__ = ["CONTAINER_PATH", "AwsEndpoints"]
+__all__ = ["CONTAINER_PATH", "AwsEndpoints", "instance_id"]
 
 CONTAINER_PATH = "/v1/credentials/aws"
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"  # noqa: S105 - a header name
@@ -30,6 +32,13 @@ TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 MAX_TOKEN_TTL = 21600  # IMDSv2's own limit (6 h)
 MAX_TTL_DIGITS = 6  # room for leading zeros; 21600 has five
 _JSON = "application/json"
+# The instance identity document's architecture, as EC2 names it.
+_ARCHITECTURES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def instance_id() -> str:
+    """An EC2-shaped instance id (`i-` and 17 hex digits), new for each sidecar."""
+    return "i-" + secrets.token_hex(9)[:17]
 
 
 def _iso(epoch: float) -> str:
@@ -65,7 +74,18 @@ class AwsEndpoints:
         role_name: str,
         who: Mapping[str, str | None],
         mono: Callable[[], float] = time.monotonic,
+        *,
+        region: str = "us-east-1",
+        relative_path: str | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """`region` is what the instance metadata says (placement, identity document);
+        `relative_path`, if given, serves the container document with no Authorization
+        (`--aws-relative-uri`: the path is the secret)."""
+        self._region = region
+        self._relative_path = relative_path
+        self._instance_id = instance_id()
+        self._started = _iso(wall())
         self._cache = cache
         self._role = role_name
         self._secret = secret_bytes(container_secret)
@@ -88,7 +108,22 @@ class AwsEndpoints:
             web.get(f"{imds}/security-credentials/{self._role}", self.imds_credentials),
             web.get(f"{imds}/security-credentials-extended/{self._role}", self.imds_extended),
             web.get(f"{imds}/info", self.imds_info),
+            *self._instance_routes(),
         ]
+
+    def _instance_routes(self) -> list[web.RouteDef]:
+        """What SDKs read besides credentials where no variable names a region (botocore asks
+        for `availability-zone/` with its slash), and the relative-URI container path."""
+        pairs = [
+            ("/latest/meta-data/placement/availability-zone", self.imds_availability_zone),
+            ("/latest/meta-data/placement/region", self.imds_region),
+            ("/latest/meta-data/instance-id", self.imds_instance_id),
+            ("/latest/dynamic/instance-identity/document", self.imds_identity_document),
+        ]
+        routes = [web.get(p + tail, h) for p, h in pairs for tail in ("", "/")]
+        if self._relative_path is not None:
+            routes.append(web.get(self._relative_path, self.relative))
+        return routes
 
     # rendering ---------------------------------------------------------------------------------
 
@@ -196,3 +231,45 @@ class AwsEndpoints:
                 "InstanceProfileArn": c.role_arn.replace(":role/", ":instance-profile/"),
                 "InstanceProfileId": "CREDSIDECAR"}  # fmt: skip
         return web.json_response(body)
+
+    # instance metadata -------------------------------------------------------------------------
+
+    def _token_missing(self, request: web.Request) -> web.Response | None:
+        if self._tokens.valid(request.headers.get(TOKEN_HEADER)):
+            return None
+        return self._guard.refuse(request, 401, "missing or expired IMDSv2 session token")
+
+    async def imds_region(self, request: web.Request) -> web.Response:
+        return self._token_missing(request) or web.Response(text=self._region)
+
+    async def imds_availability_zone(self, request: web.Request) -> web.Response:
+        return self._token_missing(request) or web.Response(text=f"{self._region}a")
+
+    async def imds_instance_id(self, request: web.Request) -> web.Response:
+        return self._token_missing(request) or web.Response(text=self._instance_id)
+
+    async def imds_identity_document(self, request: web.Request) -> web.Response:
+        entry = self._imds_entry(request)  # the account is the credentials' own
+        if isinstance(entry, web.Response):
+            return entry
+        machine = platform.machine().lower()
+        body = {
+            "accountId": entry.value.account_id,
+            "architecture": _ARCHITECTURES.get(machine, machine),
+            "availabilityZone": f"{self._region}a",
+            "billingProducts": None,
+            "devpayProductCodes": None,
+            "marketplaceProductCodes": None,
+            "instanceId": self._instance_id,
+            "kernelId": None,
+            "pendingTime": self._started,
+            "ramdiskId": None,
+            "region": self._region,
+            "version": "2017-09-30",
+        }
+        return web.json_response(body)
+
+    async def relative(self, request: web.Request) -> web.Response:
+        """The ECS path at 169.254.170.2 (`--aws-relative-uri`): no Authorization, as a client
+        given only AWS_CONTAINER_CREDENTIALS_RELATIVE_URI sends none."""
+        return self._serve(request, "container", self._cache.current_entry)

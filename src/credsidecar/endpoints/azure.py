@@ -1,6 +1,13 @@
 """Azure managed-identity contracts (DESIGN.md, Azure): the App Service endpoint
-(`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`, which Go's MSAL can be pointed at) and the IMDS path
-(`AZURE_POD_IDENTITY_AUTHORITY_HOST`, for Python and Node). One token per identity and resource.
+(`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`, which Go's MSAL can be pointed at), the IMDS path
+(`AZURE_POD_IDENTITY_AUTHORITY_HOST`, for Python and Node), and the legacy App Service contract
+2017-09-01 (`MSI_ENDPOINT` + `MSI_SECRET`, a `secret` header: msrestazure, az CLI <= 2.45,
+Azure ML clients). One token per identity and resource.
+
+The 2017-09-01 answer sends `expires_on` as epoch seconds, as Azure ML does, not App Service's
+date string ("11/29/2026 22:00:00 +00:00"): every client of that contract parses the number
+(azure-identity and az 2.45 try int() before the date, MSAL Node takes a number or ISO 8601,
+MSAL Python only int(); msrestazure passes it on unparsed), where the date breaks both MSALs.
 
 400 `invalid_request` only for requests that are wrong (no `Metadata` header, no resource, an
 identity the launch does not grant); anything transient is 503 with `Retry-After`, because
@@ -12,9 +19,13 @@ A resource is cached under one normalised key (`resource_key`): `https://storage
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from aiohttp import web
 
@@ -25,15 +36,27 @@ from credsidecar.clouds.contracts import AzureIdentityRef, AzureToken
 from credsidecar.endpoints.guards import Guard, secret_bytes, secrets_match
 from credsidecar.errors import CredsidecarError, answer_status
 
-__all__ = ["APP_SERVICE_PATH", "IMDS_PATH", "AzureEndpoints", "resource_key", "with_error_fields"]
+__all__ = [
+    "APP_SERVICE_PATH", "IMDS_PATH", "LEGACY_API_VERSION", "LEGACY_APP_SERVICE_PATH",
+    "AzureEndpoints", "resource_key", "with_error_fields",
+]  # fmt: skip
 
 APP_SERVICE_PATH = "/msi/token"
 IMDS_PATH = "/metadata/identity/oauth2/token"
+# MSI_ENDPOINT: a path of its own, so the audit tells which contract a client used.
+LEGACY_APP_SERVICE_PATH = "/msi/2017-09-01/token"
+LEGACY_API_VERSION = "2017-09-01"
+MAX_ECHOED = 40  # characters of a wrong api-version quoted back
 
 TokenKey = tuple[str, str]  # (identity name, resource)
+INSTANCE_PATH = "/metadata/instance"
+# The instance metadata's location: the sidecar is not a VM; tools read it for a default region.
+DEFAULT_LOCATION = "eastus"
+_RESOURCE_GROUP = re.compile(r"/subscriptions/([^/]+)/resourceGroups/([^/]+)/", re.IGNORECASE)
+Contract = Literal["app_service", "imds", "legacy"]
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
-MAX_FIXED = 256  # pre-serialised bodies kept (identities x resources x two paths)
-MAX_SERVED = 256  # (identity, resource) pairs whose last served expiry is remembered for the audit
+MAX_FIXED = 256  # pre-serialised bodies kept (identities x resources x three contracts)
+MAX_SERVED = 256  # (identity, resource, path) keys whose last served expiry is kept for the audit
 # Resource URIs are short (`https://storage.azure.com`, an app ID URI, a GUID); a longer one is a
 # wrong request, and would otherwise be kept in caches and written to logs.
 MAX_RESOURCE_LENGTH = 400
@@ -97,11 +120,18 @@ class AzureEndpoints:
         self._audit = audit
         self._who = dict(who)
         self._wall = wall
-        self._served: dict[TokenKey, float] = {}
-        self._fixed: dict[tuple[str, str, bool], tuple[Cached[AzureToken], str]] = {}
+        self._served: dict[tuple[str, str, str], float] = {}
+        self._fixed: dict[tuple[str, str, Contract], tuple[Cached[AzureToken], str]] = {}
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(APP_SERVICE_PATH, self.app_service), web.get(IMDS_PATH, self.imds)]
+        return [
+            web.get(APP_SERVICE_PATH, self.app_service),
+            web.get(IMDS_PATH, self.imds),
+            *self._instance_routes(),
+            # msrestazure asks for f"{MSI_ENDPOINT}/?resource=...": the same with a slash.
+            web.get(LEGACY_APP_SERVICE_PATH, self.legacy_app_service),
+            web.get(f"{LEGACY_APP_SERVICE_PATH}/", self.legacy_app_service),
+        ]
 
     def _select(self, query: Mapping[str, str]) -> AzureIdentityRef | web.Response:
         client_id = query.get("client_id") or query.get("clientid")
@@ -118,7 +148,7 @@ class AzureEndpoints:
         return _error({"error": "invalid_request", "error_description": message,
                        "granted_identities": listed}, 400)  # fmt: skip
 
-    async def _token(self, request: web.Request, app_service: bool) -> web.Response:
+    async def _token(self, request: web.Request, contract: Contract, path: str) -> web.Response:
         query = request.query
         resource = query.get("resource", "")
         if not resource:
@@ -138,42 +168,48 @@ class AzureEndpoints:
             entry = await self._tokens.get((identity.name, key))
         except CredsidecarError as exc:
             return _failure(exc)
-        self._audit_served(identity, key, entry, request.path)
+        self._audit_served(identity, key, entry, path)
         expires_in = max(0, int(entry.wall_expiry) - int(self._wall()))  # at response time
-        fixed = self._fixed.get((identity.name, resource, app_service))
+        fixed = self._fixed.get((identity.name, resource, contract))
         if fixed is None or fixed[0] is not entry:
-            fixed = (entry, self._fixed_fields(identity, resource, entry, app_service))
+            fixed = (entry, self._fixed_fields(identity, resource, entry, contract))
             if len(self._fixed) > MAX_FIXED:
                 self._fixed.clear()
-            self._fixed[(identity.name, resource, app_service)] = fixed
-        # App Service sends expires_in as a number, IMDS (with ext_expires_in) as a string.
-        if app_service:
+            self._fixed[(identity.name, resource, contract)] = fixed
+        # App Service sends expires_in as a number, IMDS (with ext_expires_in) as a string;
+        # 2017-09-01 sends none.
+        if contract == "app_service":
             tail = f'"expires_in":{expires_in}}}'
-        else:
+        elif contract == "imds":
             tail = f'"expires_in":"{expires_in}","ext_expires_in":"{expires_in}"}}'
+        else:
+            return web.Response(body=fixed[1].encode(), headers=_JSON_HEADERS)
         return web.Response(body=(fixed[1] + tail).encode(), headers=_JSON_HEADERS)
 
     @staticmethod
     def _fixed_fields(identity: AzureIdentityRef, resource: str, entry: Cached[AzureToken],
-                      app_service: bool) -> str:  # fmt: skip
+                      contract: Contract) -> str:  # fmt: skip
         """The body up to expires_in, which alone changes between responses for one token:
-        serialised once per token rather than at every request."""
+        serialised once per token rather than at every request (whole for 2017-09-01)."""
         expires_on = int(entry.wall_expiry)
         fields: dict[str, object] = {
             "access_token": entry.value.access_token,
-            "expires_on": str(expires_on),  # epoch seconds as a string, as both services send
+            # Epoch seconds as a string, as all three services send (Azure ML for 2017-09-01).
+            "expires_on": str(expires_on),
             "resource": resource,
             "token_type": "Bearer",
             "client_id": identity.client_id,
         }
-        if not app_service:
+        if contract == "imds":
             fields["not_before"] = str(int(entry.wall_expiry - entry.lifetime))
-        return json.dumps(fields, separators=(",", ":"))[:-1] + ","
+        body = json.dumps(fields, separators=(",", ":"))
+        return body if contract == "legacy" else body[:-1] + ","
 
     def _audit_served(self, identity: AzureIdentityRef, resource: str, entry: Cached[AzureToken],
                       path: str) -> None:  # fmt: skip
-        # One line per token served, not per request; the last expiry per key keeps this bounded.
-        key = (identity.name, resource)
+        # One line per token and contract served, not per request; the last expiry per key
+        # keeps this bounded.
+        key = (identity.name, resource, path)
         if self._served.get(key) != entry.wall_expiry:
             if len(self._served) >= MAX_SERVED:
                 self._served.clear()  # at worst a token is audited as served twice
@@ -187,10 +223,69 @@ class AzureEndpoints:
         if not secrets_match(request.headers.get("X-IDENTITY-HEADER"), self._secret):
             return self._guard.refuse(request, 401, "missing or wrong X-IDENTITY-HEADER",
                                       "; set IDENTITY_HEADER from `credsidecar env`")  # fmt: skip
-        return await self._token(request, app_service=True)
+        return await self._token(request, "app_service", APP_SERVICE_PATH)
 
     async def imds(self, request: web.Request) -> web.Response:
         if request.headers.get("Metadata", "").lower() != "true":
             # azure-identity probes without the header and needs this exact answer quickly.
             return _invalid("Required metadata header not specified")
-        return await self._token(request, app_service=False)
+        return await self._token(request, "imds", IMDS_PATH)
+
+    async def legacy_app_service(self, request: web.Request) -> web.Response:
+        """App Service 2017-09-01: the per-job secret in a `secret` header, `clientid`."""
+        if not secrets_match(request.headers.get("secret"), self._secret):
+            return self._guard.refuse(request, 401, "missing or wrong secret header",
+                                      "; set MSI_SECRET from `credsidecar env`")  # fmt: skip
+        version = request.query.get("api-version", "")
+        if version != LEGACY_API_VERSION:
+            asked = version[:MAX_ECHOED] + ("..." if len(version) > MAX_ECHOED else "")
+            return _invalid(
+                f"api-version {asked!r} is not served at MSI_ENDPOINT: use "
+                f"api-version={LEGACY_API_VERSION} there, or 2019-08-01 at IDENTITY_ENDPOINT"
+            )
+        return await self._token(request, "legacy", LEGACY_APP_SERVICE_PATH)
+
+    # instance metadata (IMDS /metadata/instance) --------------------------------------------
+
+    def _instance_routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(INSTANCE_PATH, self.instance),
+            web.get(f"{INSTANCE_PATH}/compute", self.instance),
+            web.get(f"{INSTANCE_PATH}/compute/{{field}}", self.instance),
+        ]
+
+    @functools.cached_property
+    def _vm_id(self) -> str:
+        return str(uuid.uuid4())  # one per sidecar, as a VM has one
+
+    def _compute(self) -> dict[str, object]:
+        """The compute fields clients read, with the subscription and resource group of the
+        default identity's resource id (the sandbox's, or the real one's)."""
+        found = _RESOURCE_GROUP.search(self._identities[0].resource_id or "")
+        subscription, group = found.groups() if found else ("", "")
+        name = "credsidecar"
+        vm = "/".join(("", "subscriptions", subscription, "resourceGroups", group, "providers",
+                       "Microsoft.Compute", "virtualMachines", name)) if found else ""  # fmt: skip
+        return {"azEnvironment": "AzurePublicCloud", "location": DEFAULT_LOCATION, "name": name,
+                "osType": "Linux", "resourceGroupName": group, "resourceId": vm,
+                "subscriptionId": subscription, "tagsList": [], "vmId": self._vm_id}  # fmt: skip
+
+    async def instance(self, request: web.Request) -> web.Response:
+        """`/metadata/instance[/compute[/FIELD]]?api-version=...` with `Metadata: true`; a
+        single field as text with `format=text`, as IMDS answers it."""
+        if request.headers.get("Metadata", "").lower() != "true":
+            return _invalid("Required metadata header not specified")
+        if not request.query.get("api-version"):
+            return _invalid("Bad request. api-version was not specified in the request")
+        compute = self._compute()
+        field = request.match_info.get("field")
+        if field is not None:
+            if field not in compute:
+                return _error({"error": "not_found", "error_description": "Not found"}, 404)
+            value = compute[field]
+            if request.query.get("format") == "text":
+                return web.Response(text=str(value))
+            return web.json_response(value)
+        if request.path.endswith("/compute"):
+            return web.json_response(compute)
+        return web.json_response({"compute": compute, "network": {"interface": []}})

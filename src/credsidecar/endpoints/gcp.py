@@ -6,6 +6,7 @@ read it (DESIGN.md, GCP): `GET /` answers the ping; everything under /computeMet
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -33,6 +34,9 @@ MAX_SERVED = 256  # (kind, key) pairs whose last served expiry is remembered for
 MAX_SCOPES = 32
 MAX_SCOPES_LENGTH = 2048  # of the whole `scopes` parameter
 MAX_AUDIENCE_LENGTH = 512
+# The zone `instance/zone` names: the sidecar is not a GCE instance, and a zone is only read by
+# tools that pick a default location.
+DEFAULT_ZONE = "us-central1-a"
 
 
 def add_flavor(response: web.StreamResponse) -> None:
@@ -63,7 +67,12 @@ class GcpEndpoints:
         audit: AuditLog,
         who: Mapping[str, str | None],
         wall: Callable[[], float] = time.time,
+        *,
+        zone: str = DEFAULT_ZONE,
     ) -> None:
+        self._zone = zone
+        # A GCE-shaped numeric instance id, new for each sidecar.
+        self._instance_id = str(10**18 + secrets.randbelow(9 * 10**18))
         self._tokens = tokens
         self._id_tokens = id_tokens
         self._email = email
@@ -85,7 +94,9 @@ class GcpEndpoints:
             web.get(f"{V1}/instance/service-accounts/default/token", self.token),
             web.get(f"{V1}/instance/service-accounts/default/identity", self.identity),
             web.get(f"{V1}/", self.listing("instance/\nproject/\nuniverse/\n")),
-            web.get(f"{V1}/instance/", self.listing("service-accounts/\n")),
+            web.get(f"{V1}/instance/", self.listing("id\nservice-accounts/\nzone\n")),
+            web.get(f"{V1}/instance/id", self.instance_field(lambda: self._instance_id)),
+            web.get(f"{V1}/instance/zone", self.instance_field(self._zone_path)),
             web.get(f"{V1}/instance/service-accounts/", self.accounts),
             web.get(f"{sa}/", self.account),
             web.get(f"{sa}/email", self.account_field("email")),
@@ -181,6 +192,16 @@ class GcpEndpoints:
             if value is None:
                 return await self._checked(request, lambda: _text("Not found\n", 404))
             return await self._checked(request, lambda: _text(value))
+
+        return handler
+
+    def _zone_path(self) -> str:
+        # As GCE writes it: projects/NUMBER/zones/ZONE (the id when the number is unknown).
+        return f"projects/{self._project_number or self._project_id or '0'}/zones/{self._zone}"
+
+    def instance_field(self, value: Callable[[], str]) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            return await self._checked(request, lambda: _text(value()))
 
         return handler
 

@@ -1,6 +1,7 @@
 """The one security layer in front of every endpoint.
 
-Refused: peers that are not loopback (or an opted-in link-local address), `Host` headers not on
+Refused: peers that are not loopback (or an opted-in link-local address, or the well-known
+address the connection came in on: see `_peer_allowed`), `Host` headers not on
 the allowlist (DNS rebinding), proxied requests (`X-Forwarded-*`, `Forwarded`, `Via`),
 browser-style requests (`Origin`, `Referer`, `Sec-Fetch-*`), and peers whose socket belongs to
 another Unix user than the job's (`PeerPolicy`, after the cheap checks; looked up once per
@@ -38,6 +39,7 @@ __all__ = [
     "refusal",
     "secret_bytes",
     "secrets_match",
+    "well_known_hosts",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -81,18 +83,45 @@ def allowed_hosts(port: int, extra: Iterable[str] = ()) -> frozenset[str]:
     return frozenset(hosts)
 
 
-def _peer_allowed(remote: str | None, link_local: bool) -> bool:
+def well_known_hosts(names: Iterable[str]) -> frozenset[str]:
+    """Host header values for the well-known metadata addresses served on port 80 (`names` as
+    clients write them: `169.254.169.254`, `metadata.google.internal`, `[fd00:ec2::254]`)."""
+    return frozenset(host for name in names for host in (name, f"{name}:80"))
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _peer_allowed(remote: str | None, link_local: bool, local: str | None = None) -> bool:
+    """Loopback; or the very address the connection came in on (`local`), which only this
+    network namespace can connect from: a job reaching 169.254.169.254 on the namespace's
+    loopback has that address as its own source, and Linux drops packets arriving from outside
+    with a source address of its own (martians, `accept_local` off by default); or, with
+    `link_local`, any 169.254.x peer."""
     if remote in _LOOPBACK_FAST:
         return True  # the common case, without parsing an address per request
     if remote is None:
         return False
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
+    address = _address(remote)
+    if address is None:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback or (link_local and address.is_link_local)
+    if address.is_loopback or (link_local and address.is_link_local):
+        return True
+    return local is not None and not address.is_unspecified and address == _address(local)
+
+
+def _local_address(request: web.Request) -> str | None:
+    """The address the connection came in on (ours), or None."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return str(sockname[0]) if isinstance(sockname, tuple) and sockname else None
 
 
 def refusal(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -219,7 +248,7 @@ class Guard:
     def _connection_verdict(self, request: web.Request) -> _Verdict:
         """What the connection alone decides: (refusal before the header checks, after them).
         Both hold for the connection's life, so they are found once per connection."""
-        if not _peer_allowed(request.remote, self._link_local):
+        if not _peer_allowed(request.remote, self._link_local, _local_address(request)):
             return ("the peer is not on this host's loopback", None)
         return (None, self._peers.reason_to_refuse(request))
 

@@ -17,10 +17,12 @@ APP_SERVICE_VARIABLE = "IDENTITY_ENDPOINT"
 HEADER_VARIABLE = "IDENTITY_HEADER"
 IMDS_VARIABLE = "AZURE_POD_IDENTITY_AUTHORITY_HOST"
 IMDS_PATH = "/metadata/identity/oauth2/token"  # what azure-identity appends to the host
-# Each wins over managed identity in DefaultAzureCredential's chain or in az.
+# Each wins over managed identity in DefaultAzureCredential's chain or in az. (MSI_ENDPOINT
+# and MSI_SECRET do not: the sidecar exports them for legacy clients, and IDENTITY_ENDPOINT
+# comes first wherever both are read.)
 ENVIRONMENT_OVERRIDES = (
     "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_USERNAME", "AZURE_PASSWORD",
-    "AZURE_FEDERATED_TOKEN_FILE", "MSI_ENDPOINT", "MSI_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
 )  # fmt: skip
 # azure-identity refreshes a token 5 minutes before expires_on; less left is a token it would
 # ask for again at every use.
