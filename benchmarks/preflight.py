@@ -35,7 +35,6 @@ import time
 from harness import (
     PY,
     ROOT,
-    Upstream,
     children,
     job_env,
     machine,
@@ -100,18 +99,6 @@ def outcome_counts(argv: list[str], env: dict[str, str]) -> str:
     return ", ".join(f"{n} {outcome}" for outcome, n in sorted(summary.items()))
 
 
-def before_launch_flags(up: Upstream) -> list[str]:
-    info = up.info
-    return [
-        "--aws-sts-endpoint", info["aws"]["sts_endpoint"],
-        "--aws-endpoint-url", info["aws"]["endpoint_url"],
-        "--gcp-sts-url", info["gcp"]["sts_url"], "--gcp-iam-url", info["gcp"]["iam_url"],
-        "--gcs-endpoint-url", info["gcp"]["storage_url"],
-        "--azure-authority", info["azure"]["authority_url"], "--ca-file", info["azure"]["ca_file"],
-        "--azure-blob-url", info["azure"]["blob_url"],
-    ]  # fmt: skip
-
-
 def describe(name: str, walls: list[float]) -> tuple[str, str, str, str]:
     median = statistics.median(walls)
     spread = f" (min {min(walls):.2f}, max {max(walls):.2f})"
@@ -119,6 +106,8 @@ def describe(name: str, walls: list[float]) -> tuple[str, str, str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tests.support.stack import preflight_flags  # importable once harness set the path
+
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="timed runs per figure (median)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -142,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         help_walls = timed(preflight_argv("--help"), env, args.runs, core)
         with section(f"before launch: 20 paths, {args.runs} runs"):
             before = preflight_argv("--paths-from", str(paths), "--token-file", str(token_file),
-                                    *before_launch_flags(up))  # fmt: skip
+                                    *preflight_flags(up.info))  # fmt: skip
             print(f"   outcomes: {outcome_counts(before, env)}")
             rows.append(describe("before launch (--token-file), 20 paths",
                                  timed(before, env, args.runs, core)))  # fmt: skip

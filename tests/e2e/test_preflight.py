@@ -27,7 +27,13 @@ import pytest
 
 from tests.support.jobenv import base_env
 from tests.support.processes import CLI, wait_for
-from tests.support.stack import IssuerProcess, SandboxProcess, SidecarProcess, run_client
+from tests.support.stack import (
+    IssuerProcess,
+    SandboxProcess,
+    SidecarProcess,
+    preflight_flags,
+    run_client,
+)
 from tests.support.timing import scaled
 
 Stack = tuple[IssuerProcess, SandboxProcess]
@@ -54,15 +60,7 @@ def storage_flags(sandbox: SandboxProcess) -> list[str]:
 def before_launch_flags(sandbox: SandboxProcess) -> list[str]:
     """The issuer-side settings a platform gives preflight: the sandbox's token services, its
     storage endpoints and its CA."""
-    info = sandbox.info
-    return [
-        "--aws-sts-endpoint", info["aws"]["sts_endpoint"],
-        "--aws-endpoint-url", info["aws"]["endpoint_url"],
-        "--gcp-sts-url", info["gcp"]["sts_url"], "--gcp-iam-url", info["gcp"]["iam_url"],
-        "--gcs-endpoint-url", info["gcp"]["storage_url"],
-        "--azure-authority", info["azure"]["authority_url"], "--ca-file", info["azure"]["ca_file"],
-        *storage_flags(sandbox),
-    ]  # fmt: skip
+    return preflight_flags(sandbox.info)
 
 
 def before_launch(

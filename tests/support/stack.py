@@ -221,3 +221,16 @@ def run_client(
     return subprocess.run(
         args, env=env, capture_output=True, text=True, timeout=scaled(timeout), check=False
     )
+
+
+def preflight_flags(info: dict[str, Any]) -> list[str]:
+    """What a platform gives `credsidecar preflight --token-file` for the sandbox that `info`
+    (its --info-file) describes: token services, storage endpoints, its CA."""
+    return [
+        "--aws-sts-endpoint", info["aws"]["sts_endpoint"],
+        "--aws-endpoint-url", info["aws"]["endpoint_url"],
+        "--gcp-sts-url", info["gcp"]["sts_url"], "--gcp-iam-url", info["gcp"]["iam_url"],
+        "--gcs-endpoint-url", info["gcp"]["storage_url"],
+        "--azure-authority", info["azure"]["authority_url"], "--ca-file", info["azure"]["ca_file"],
+        "--azure-blob-url", info["azure"]["blob_url"],
+    ]  # fmt: skip
