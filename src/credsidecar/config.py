@@ -13,6 +13,7 @@ from pathlib import Path
 
 from credsidecar.clouds.contracts import AWS_DEFAULT_DURATION as DEFAULT_DURATION
 from credsidecar.clouds.contracts import AZURE_AUTHORITY as AUTHORITY
+from credsidecar.clouds.contracts import AZURE_NODE_IMDS_URL as NODE_IMDS_URL
 from credsidecar.clouds.contracts import GCP_IAM_URL as IAM_URL
 from credsidecar.clouds.contracts import GCP_STS_URL as STS_URL
 from credsidecar.errors import ConfigError
@@ -106,6 +107,7 @@ class SidecarConfig:
     gcp_lifetime: int = 3600
     azure_identity: str | None = None
     azure_authority: str = AUTHORITY
+    azure_node_imds_url: str = NODE_IMDS_URL
     # Extra variables for the job, e.g. the sandbox's endpoints and CA.
     job_env: Mapping[str, str] = field(default_factory=dict)
     # CA certificates trusted, besides the system's, for HTTPS to the issuer, GCP and Azure.
@@ -224,6 +226,8 @@ SIDECAR_OPTIONS: tuple[Option, ...] = (
         Option("--azure-identity", TEXT, "name of the granted Azure identity served without a "
                "selector (default: the launch's default)"),
         Option("--azure-authority", TEXT, "Entra authority host (default {default})"),
+        Option("--azure-node-imds-url", TEXT, "the node's IMDS, asked for the node's own "
+               "managed identities a launch is granted (default {default})"),
     ),
     *group(
         "serving",

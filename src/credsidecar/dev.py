@@ -193,6 +193,7 @@ async def run_dev(args: argparse.Namespace) -> int:
                 job_env=sandbox.job_env(),
                 clouds=frozenset({"aws", "gcp", "azure"}),
                 azure_authority=sandbox.azure.authority_url,
+                azure_node_imds_url=sandbox.azure.node_imds_url,
                 ca_file=Path(sandbox.azure.ca_file),
                 aws_endpoint_url=sandbox.aws.moto.url,
                 aws_duration=args.aws_duration,

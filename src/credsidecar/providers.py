@@ -25,6 +25,7 @@ from credsidecar.cache import CredentialCache
 from credsidecar.cache_family import CacheFamily
 from credsidecar.clouds.aws import AwsCredentials, AwsExchanger, AwsSettings, role_session_name
 from credsidecar.clouds.azure import AzureExchanger, AzureIdentityRef, AzureToken
+from credsidecar.clouds.azure_node import AzureNodeExchanger
 from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE
 from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpExchanger, GcpIdToken, GcpSettings, GcpToken
 from credsidecar.config import SidecarConfig
@@ -368,9 +369,13 @@ async def build_azure(ctx: Context) -> Provider | None:
         identities.sort(key=lambda i: i.name != default.name)
     by_name = {i.name: i for i in identities}
     exchanger = AzureExchanger(ctx.supplier, ctx.session, ctx.who_text, config.azure_authority)
+    # `source = "node"` grants: the node's own managed identities, from the node's IMDS.
+    from_node = {g.name for g in ctx.claims.grants.azure if g.source == "node"}
+    node = AzureNodeExchanger(ctx.session, ctx.who_text, config.azure_node_imds_url)
 
     async def fetch(key: tuple[str, str]) -> AzureToken:
-        return await exchanger.token(by_name[key[0]], key[1])
+        via = node if key[0] in from_node else exchanger
+        return await via.token(by_name[key[0]], key[1])
 
     def obtained(key: tuple[str, str], value: AzureToken) -> None:
         ctx.audit.event("credentials.obtained", **ctx.who, provider="azure", identity=key[0],

@@ -129,6 +129,6 @@ async def test_an_issuer_refusal_names_the_launch_and_the_identity(
     assert error.message.startswith(
         f"user alice (run r1) cannot get credentials for azure identity 'bob' "
         f"({IDENTITY['bob'].client_id}): the issuer refused the exchange: azure identity 'bob' "
-        "is not in the launch token of run 'r1' of user 'alice' (it carries alice); select it "
-        "when the run is launched"
+        "is not in the launch token of run 'r1' of user 'alice' (it carries alice, node-alice); "
+        "select it when the run is launched"
     )

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 
 from credsidecar.issuer.example import EXAMPLE_POLICY
-from credsidecar.issuer.identities import AwsIdentity, AzureIdentity, GcpIdentity
+from credsidecar.issuer.identities import (
+    AwsIdentity,
+    AzureIdentity,
+    AzureNodeIdentity,
+    GcpIdentity,
+)
 from credsidecar.issuer.policy import Policy, parse_policy
 from credsidecar.sandbox.seed import (
     AZURE_IDENTITIES,
+    AZURE_NODE_IDENTITIES,
     AZURE_TENANT_ID,
     GCP_AUDIENCE,
     GCP_PROJECT_ID,
@@ -26,7 +32,7 @@ def seeded(user: str) -> dict[str, set[str]]:
     return {
         "aws": {r.name for r in ROLES if user in r.subjects},
         "gcp": {a.email.split("@")[0] for a in GCP_SERVICE_ACCOUNTS if user in a.subjects},
-        "azure": {i.name for i in AZURE_IDENTITIES if user in i.users},
+        "azure": {i.name for i in (*AZURE_IDENTITIES, *AZURE_NODE_IDENTITIES) if user in i.users},
     }
 
 
@@ -67,7 +73,7 @@ def test_every_seeded_identity_is_in_the_policy_with_the_seeds_values(policy: Po
             GCP_PROJECT_NUMBER,
         )
     azure = policy.identities["azure"]
-    assert set(azure) == {i.name for i in AZURE_IDENTITIES}
+    assert set(azure) == {i.name for i in (*AZURE_IDENTITIES, *AZURE_NODE_IDENTITIES)}
     for seed in AZURE_IDENTITIES:
         identity = azure[seed.name]
         assert isinstance(identity, AzureIdentity)
@@ -81,3 +87,25 @@ def test_the_policy_explains_itself_to_a_newcomer() -> None:
     """Each section of the generated text starts with a comment saying what it holds."""
     for heading in ("# Users:", "# AWS:", "# GCP:", "# Azure:", "# HPC:", "# Grants:"):
         assert heading in EXAMPLE_POLICY
+
+
+def test_node_identities_are_in_the_policy_by_their_selectors(policy: Policy) -> None:
+    """The node's identities as `source = "node"`: the system-assigned one by no selector,
+    the user-assigned ones by client_id (node-alice) or mi_res_id (node-bob)."""
+    azure = policy.identities["azure"]
+    found = {}
+    for seed in AZURE_NODE_IDENTITIES:
+        identity = azure[seed.name]
+        assert isinstance(identity, AzureNodeIdentity)
+        found[seed.name] = (identity.client_id, identity.mi_res_id)
+    by_name = {i.name: i for i in AZURE_NODE_IDENTITIES}
+    assert found == {
+        "node": (None, None),
+        "node-alice": (by_name["node-alice"].client_id, None),
+        "node-bob": (None, by_name["node-bob"].resource_id),
+    }
+
+
+def test_alice_keeps_her_federated_identity_as_the_default(policy: Policy) -> None:
+    names = [i.name for i in policy.granted("alice", WORKSPACE, None, "azure")]
+    assert names == ["alice", "node-alice", "genomics-pipelines"]

@@ -156,7 +156,7 @@ def test_status_marks_missing_and_disabled_users() -> None:
     rows = {row["user"]: row for row in status_rows(policy)}
     assert rows["alice"] == {
         "user": "alice", "aws": "alice-data (+1)", "gcp": "alice",
-        "azure": "alice (+1)", "hpc": "sandbox-cluster",
+        "azure": "alice (+2)", "hpc": "sandbox-cluster",
     }  # fmt: skip
     assert rows["bob"]["gcp"] == "bob" and rows["bob"]["azure"] == "bob (+1)"
     assert set(rows["carol"].values()) == {"carol", "missing"}

@@ -14,6 +14,7 @@ __all__ = [
     "AWS_DEFAULT_DURATION",
     "AZURE_AUDIENCE",
     "AZURE_AUTHORITY",
+    "AZURE_NODE_IMDS_URL",
     "GCP_CLOUD_PLATFORM",
     "GCP_IAM_URL",
     "GCP_STS_URL",
@@ -36,6 +37,8 @@ GCP_IAM_URL = "https://iamcredentials.googleapis.com"
 # Azure: Entra's public authority and the audience of a federated credential's assertion.
 AZURE_AUTHORITY = "https://login.microsoftonline.com"
 AZURE_AUDIENCE = "api://AzureADTokenExchange"
+# The node's own IMDS, which holds the node's managed identities (`source = "node"` grants).
+AZURE_NODE_IMDS_URL = "http://169.254.169.254"
 
 
 @dataclass(frozen=True)

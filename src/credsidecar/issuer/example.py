@@ -14,6 +14,7 @@ from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE
 from credsidecar.issuer.config import new_api_key
 from credsidecar.sandbox.seed import (
     AZURE_IDENTITIES,
+    AZURE_NODE_IDENTITIES,
     AZURE_TENANT_ID,
     GCP_AUDIENCE,
     GCP_PROJECT_ID,
@@ -82,6 +83,18 @@ def example_policy() -> str:
         f"resource_id = {_q(identity.resource_id)}\n\n"
         for identity in AZURE_IDENTITIES
     )
+    node = "".join(
+        f'[identities.azure.{i.name}]\nsource = "node"\n'
+        + (
+            "# no client_id / mi_res_id: the node's system-assigned identity\n"
+            if i.system_assigned
+            else f"mi_res_id = {_q(i.resource_id)}\n"
+            if i.name.endswith("bob")
+            else f"client_id = {_q(i.client_id)}\n"
+        )
+        + "\n"
+        for i in AZURE_NODE_IDENTITIES
+    )
     grants = "\n".join(
         [
             *(_grant("aws", role.name, role.subjects) for role in ROLES),
@@ -90,6 +103,7 @@ def example_policy() -> str:
                 for account in GCP_SERVICE_ACCOUNTS
             ),
             *(_grant("azure", i.name, i.users) for i in AZURE_IDENTITIES),
+            *(_grant("azure", i.name, i.users) for i in AZURE_NODE_IDENTITIES if i.users),
             _grant("hpc", "sandbox-cluster", WORKSPACE_MEMBERS),
         ]
     )
@@ -124,6 +138,11 @@ members = {_list(WORKSPACE_MEMBERS)}
 # "credsidecar:azure:NAME" (the default), so Entra tells them apart; the issuer decides who may
 # use which.
 {azure}\
+# Azure, the node's own managed identities (source = "node"): the sidecar asks the node's IMDS
+# for them, only for those the launch is granted. node-alice goes to alice alone; node-bob and
+# the system-assigned identity stay with the node, granted to nobody (every job on the node
+# would share the system-assigned one: grant it deliberately, e.g. to one workspace).
+{node}\
 # HPC: a Slurm cluster reached over SSH as the user's Linux account.
 [identities.hpc.sandbox-cluster]
 scheduler = "slurm"

@@ -31,6 +31,7 @@ __all__ = [
     "PROVIDERS",
     "AwsIdentity",
     "AzureIdentity",
+    "AzureNodeIdentity",
     "GcpIdentity",
     "HpcCluster",
     "Identity",
@@ -45,6 +46,15 @@ SCHEDULERS = frozenset(
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_MI_RES_ID = re.compile(
+    r"/subscriptions/[^/]+/resource[Gg]roups/[^/]+/providers/Microsoft\.ManagedIdentity/"
+    r"userAssignedIdentities/[^/]+",
+    re.IGNORECASE,
+)
+_MI_RES_ID_HINT = (
+    " (a user-assigned identity's resource ID: /subscriptions/SUB/resourceGroups/RG/providers/"
+    "Microsoft.ManagedIdentity/userAssignedIdentities/NAME)"
+)
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]")
 
 
@@ -134,6 +144,27 @@ class AzureIdentity(Identity):
             audience=self.azure_audience,
             object_id=self.object_id or None,
             resource_id=self.resource_id or None,
+        )
+
+
+@dataclass(frozen=True)
+class AzureNodeIdentity(Identity):
+    """A managed identity of the node the sidecar runs on (`source = "node"`): its
+    system-assigned identity (neither selector), or a user-assigned one attached to it, named
+    by `client_id` or `mi_res_id`. The sidecar asks the node's IMDS for its tokens; the issuer
+    mints nothing for it (no audience) and only decides who is granted it."""
+
+    provider: ClassVar[str] = "azure"
+    client_id: str | None = None
+    mi_res_id: str | None = None
+
+    def grant(self, user_id: str) -> AzureGrant:
+        return AzureGrant(
+            name=self.name,
+            tenant_id="",
+            client_id=self.client_id or "",
+            resource_id=self.mi_res_id,
+            source="node",
         )
 
 
@@ -232,7 +263,21 @@ def parse_identity(
             project_id=f.text("project_id", required=False),
             project_number=f.text("project_number", re.compile(r"\d{1,20}"), required=False),
         )
+    elif provider == "azure" and f.text("source", default="federation") == "node":
+        client_id = f.text("client_id", _GUID, required=False, hint=" (a GUID)")
+        mi_res_id = f.text("mi_res_id", _MI_RES_ID, required=False, hint=_MI_RES_ID_HINT)
+        if client_id and mi_res_id:
+            raise f.fail(
+                "mi_res_id",
+                "cannot be set with client_id: name a user-assigned identity by one of them, "
+                "or by neither for the node's system-assigned identity",
+            )
+        identity = AzureNodeIdentity(name=name, client_id=client_id, mi_res_id=mi_res_id)
     elif provider == "azure":
+        if f.table.get("source") != "federation" and "source" in f.table:
+            raise f.fail(
+                "source", f"{str(f.table['source'])[:40]!r} is not one of federation, node"
+            )
         identity = AzureIdentity(
             name=name,
             tenant_id=str(f.text("tenant_id", re.compile(f"{_GUID.pattern}|{_DOMAIN.pattern}"))),

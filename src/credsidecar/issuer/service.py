@@ -332,6 +332,12 @@ class IssuerService:
                 "with an identity the policy grants "
                 f"({_explain_hint(user_id, workspace, pipeline)})"
             )
+        if identity.audience is None and provider == "azure":  # source = "node"
+            raise InvalidTarget(
+                f"azure identity {name!r} of user {user_id!r} (run {run!r}) is the node's own "
+                "managed identity: the sidecar asks the node's IMDS for it, and the issuer mints "
+                "no federated token for it"
+            )
         if identity.audience != audience:
             raise InvalidTarget(
                 f"{provider} identity {name!r} of user {user_id!r} (run {run!r}) expects audience "

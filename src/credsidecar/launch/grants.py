@@ -26,6 +26,7 @@ from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE, AZURE_AUDIENCE
 from credsidecar.errors import BadRequest, ConfigError, CredsidecarError
 
 __all__ = [
+    "AZURE_SOURCES",
     "LINUX_USERNAME",
     "PROVIDERS",
     "ROLE_ARN",
@@ -168,8 +169,18 @@ class GcpGrant:
         )
 
 
+# Where a sidecar gets an Azure identity's tokens: "federation" (Entra, with the issuer's token
+# as client assertion) or "node" (the node's own IMDS: its system-assigned identity, or a
+# user-assigned one attached to it, named by client_id or resource_id).
+AZURE_SOURCES = ("federation", "node")
+
+
 @dataclass(frozen=True)
 class AzureGrant:
+    """One granted Azure identity. A node-sourced grant has no tenant (and no client id for
+    the node's system-assigned identity): its claim leaves `tenant_id` out, so a sidecar that
+    predates `source` refuses the launch token at start-up instead of federating."""
+
     provider: ClassVar[str] = "azure"
     name: str
     tenant_id: str
@@ -177,22 +188,38 @@ class AzureGrant:
     audience: str = AZURE_AUDIENCE
     object_id: str | None = None
     resource_id: str | None = None
+    source: str = "federation"
 
     def to_claim(self) -> dict[str, Any]:
-        return _claim(self)
+        claim = _claim(self)
+        if self.source == "federation":
+            del claim["source"]  # the claim older sidecars read, unchanged
+        else:
+            claim = {k: v for k, v in claim.items() if v != "" and k != "audience"}
+        return claim
 
     @classmethod
     def from_claim(
         cls, claim: object, where: str = "identities.azure[0]", error: ErrorType = ConfigError
     ) -> AzureGrant:
         r = _Reader(where, claim, error)
+        source = r.text("source", "federation")
+        if source not in AZURE_SOURCES:
+            raise r.fail(
+                "source",
+                f"is {source[:40]!r}, which this sidecar does not know (it serves "
+                f"{' and '.join(AZURE_SOURCES)}): upgrade the sidecar, or launch without that "
+                "identity",
+            )
+        node = source == "node"
         return cls(
             name=r.text("name"),
-            tenant_id=r.text("tenant_id"),
-            client_id=r.text("client_id"),
+            tenant_id=(r.optional("tenant_id") or "") if node else r.text("tenant_id"),
+            client_id=(r.optional("client_id") or "") if node else r.text("client_id"),
             audience=r.text("audience", AZURE_AUDIENCE),
             object_id=r.optional("object_id"),
             resource_id=r.optional("resource_id"),
+            source=source,
         )
 
 

@@ -322,6 +322,12 @@ class LaunchCredentials:
                                who)  # fmt: skip
             token = await gcp.access_token((GCP_CLOUD_PLATFORM,))
             return Obtained(identity, token=token.access_token)
+        if isinstance(grant, AzureGrant) and grant.source == "node":
+            raise BadRequest(
+                f"Azure identity {grant.name!r} is the node's own managed identity: only the "
+                "sidecar on the node obtains it; check it in the job (`credsidecar preflight` "
+                "there)"
+            )
         if isinstance(grant, AzureGrant):
             azure = AzureExchanger(self._supplier, self._session, who,
                                    self._config.azure_authority)  # fmt: skip

@@ -35,6 +35,7 @@ class Sandbox:
             "--aws-sts-endpoint", self.aws.sts_url, "--aws-endpoint-url", self.aws.moto.url,
             "--gcp-sts-url", self.gcp.sts_url, "--gcp-iam-url", self.gcp.iam_url,
             "--azure-authority", self.azure.authority_url, "--ca-file", self.azure.ca_file,
+            "--azure-node-imds-url", self.azure.node_imds_url,
             *(f"--job-env={name}={value}" for name, value in self.job_env().items()),
         ]  # fmt: skip
 

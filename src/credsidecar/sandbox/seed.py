@@ -13,6 +13,8 @@ from dataclasses import dataclass
 __all__ = [
     "ACCOUNT",
     "AZURE_IDENTITIES",
+    "AZURE_NODE",
+    "AZURE_NODE_IDENTITIES",
     "AZURE_RESOURCE_GROUP",
     "AZURE_STORAGE_ACCOUNT",
     "AZURE_SUBSCRIPTION_ID",
@@ -31,6 +33,7 @@ __all__ = [
     "WORKSPACE",
     "WORKSPACE_MEMBERS",
     "SandboxManagedIdentity",
+    "SandboxNodeIdentity",
     "SandboxRole",
     "SandboxServiceAccount",
     "gcp_principal",
@@ -147,5 +150,45 @@ AZURE_IDENTITIES = (
     SandboxManagedIdentity(
         "genomics-pipelines", "00000000-0000-4000-8000-0000000000a1",
         "00000000-0000-4000-8000-0000000000b1", (), ("shared-refs",), WORKSPACE_MEMBERS,
+    ),
+)  # fmt: skip
+
+
+# The node the sidecar runs on (a VM, or a Batch pool's node) holds managed identities of its
+# own, served by its IMDS (sandbox/azure/node_imds.py): its system-assigned identity and two
+# user-assigned ones attached to it. They have no federated credential: only the node's IMDS
+# issues their tokens, and the issuer's policy (`source = "node"`) decides who gets which.
+AZURE_NODE = "sandbox-node"
+
+
+@dataclass(frozen=True)
+class SandboxNodeIdentity(SandboxManagedIdentity):
+    system_assigned: bool = False
+
+    @property
+    def resource_id(self) -> str:
+        if self.system_assigned:  # the node's own resource: IMDS names it by no selector
+            return (
+                f"/subscriptions/{AZURE_SUBSCRIPTION_ID}/resourceGroups/{AZURE_RESOURCE_GROUP}"
+                f"/providers/Microsoft.Compute/virtualMachines/{AZURE_NODE}"
+            )
+        return super().resource_id
+
+
+# The example policy grants node-alice to alice alone; node-bob and the system-assigned identity
+# are held by the node and granted to nobody (every job on the node would share the
+# system-assigned one: grant it deliberately, e.g. to one workspace's pipelines).
+AZURE_NODE_IDENTITIES = (
+    SandboxNodeIdentity(
+        "node", "00000000-0000-4000-8000-0000000000c1", "00000000-0000-4000-8000-0000000000d1",
+        (), ("shared-refs",), (), system_assigned=True,
+    ),
+    SandboxNodeIdentity(
+        "node-alice", "00000000-0000-4000-8000-0000000000c2",
+        "00000000-0000-4000-8000-0000000000d2", ("alice-data",), ("shared-refs",), ("alice",),
+    ),
+    SandboxNodeIdentity(
+        "node-bob", "00000000-0000-4000-8000-0000000000c3",
+        "00000000-0000-4000-8000-0000000000d3", ("bob-data",), ("shared-refs",), (),
     ),
 )  # fmt: skip

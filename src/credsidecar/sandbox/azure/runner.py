@@ -1,7 +1,7 @@
 """Starts the Azure stand-ins for one issuer (Entra, Blob storage and Resource Manager, each
 on its own HTTPS port, as login.microsoftonline.com, ACCOUNT.blob.core.windows.net and
-management.azure.com are distinct hosts) and describes them for the sidecar, the job and the
-tests.
+management.azure.com are distinct hosts, and the node's own IMDS over plain HTTP) and describes
+them for the sidecar, the job and the tests.
 
 HTTPS uses a CA generated at start (local_ca.py): `job_env()` names the variables that make
 tools trust it. A job's azure-storage-blob reaches the Blob stand-in only when given its URL:
@@ -28,6 +28,7 @@ from credsidecar.sandbox.azure.blob_auth import BlobState
 from credsidecar.sandbox.azure.blob_store import CONTRIBUTOR, READER, Container
 from credsidecar.sandbox.azure.entra import create_entra_app
 from credsidecar.sandbox.azure.local_ca import LocalCa, create_local_ca
+from credsidecar.sandbox.azure.node_imds import NodeImds, create_node_imds_app
 from credsidecar.sandbox.azure.state import (
     ACCESS_TOKEN_LIFETIME,
     ASSERTION_AUDIENCE,
@@ -37,6 +38,7 @@ from credsidecar.sandbox.azure.state import (
 )
 from credsidecar.sandbox.seed import (
     AZURE_IDENTITIES,
+    AZURE_NODE_IDENTITIES,
     AZURE_STORAGE_ACCOUNT,
     AZURE_TENANT_ID,
     BUCKETS,
@@ -65,7 +67,7 @@ def seed_apps(issuer_url: str) -> dict[str, EntraApp]:
 def seed_containers(now: float) -> dict[str, Container]:
     """alice-data and bob-data read-write for their owner; shared-refs read-only for all."""
     containers = {name: Container(name, {}, now) for name in BUCKETS}
-    for identity in AZURE_IDENTITIES:
+    for identity in (*AZURE_IDENTITIES, *AZURE_NODE_IDENTITIES):
         for name in identity.read_only:
             containers[name].roles.setdefault(identity.object_id, READER)
         for name in identity.read_write:
@@ -83,6 +85,7 @@ class AzureSandbox:
     state: AzureState
     blob: BlobState
     _runners: list[web.AppRunner] = field(repr=False)
+    node_imds_url: str = ""  # the node's own IMDS (node_imds.py), plain HTTP like Azure's
 
     @property
     def ca_file(self) -> str:
@@ -153,6 +156,18 @@ class AzureSandbox:
                 "ca_file": self.ca_file,
                 "ca_bundle": self.ca_bundle,
                 "identities": self.identities,
+                # The node's own IMDS: the sidecar's --azure-node-imds-url; GET
+                # /_sandbox/requests there lists what it was asked for.
+                "node_imds_url": self.node_imds_url,
+                "node_identities": {
+                    i.name: {
+                        "client_id": i.client_id,
+                        "object_id": i.object_id,
+                        "resource_id": i.resource_id,
+                        "system_assigned": i.system_assigned,
+                    }
+                    for i in AZURE_NODE_IDENTITIES
+                },
                 "job_env": self.job_env(),
                 "containers": {
                     "alice-data": "alice: read-write",
@@ -193,9 +208,12 @@ async def start_azure_sandbox(
         state.authority_url = await serve_app(create_entra_app(state), runners, context)
         blob_base = await serve_app(create_blob_app(blob), runners, context)
         state.arm_url = await serve_app(create_arm_app(blob), runners, context)
+        node = NodeImds.holding(state, AZURE_NODE_IDENTITIES)
+        node_imds_url = await serve_app(create_node_imds_app(node), runners)
     except BaseException:
         for runner in runners:
             await runner.cleanup()
         raise
     blob_url = f"{blob_base}/{AZURE_STORAGE_ACCOUNT}"
-    return AzureSandbox(state.authority_url, blob_url, AZURE_TENANT_ID, ca, state, blob, runners)
+    return AzureSandbox(state.authority_url, blob_url, AZURE_TENANT_ID, ca, state, blob, runners,
+                        node_imds_url)  # fmt: skip
