@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from credsidecar.clouds.contracts import AWS_DEFAULT_DURATION as DEFAULT_DURATION
+from credsidecar.clouds.contracts import AWS_NODE_IMDS_URL
 from credsidecar.clouds.contracts import AZURE_AUTHORITY as AUTHORITY
 from credsidecar.clouds.contracts import AZURE_NODE_IMDS_URL as NODE_IMDS_URL
 from credsidecar.clouds.contracts import GCP_IAM_URL as IAM_URL
+from credsidecar.clouds.contracts import GCP_NODE_METADATA_URL as NODE_METADATA_URL
 from credsidecar.clouds.contracts import GCP_STS_URL as STS_URL
 from credsidecar.errors import ConfigError
 from credsidecar.options import (
@@ -78,6 +80,7 @@ class SidecarConfig:
     aws_region: str = "us-east-1"
     aws_sts_endpoint: str | None = None
     aws_endpoint_url: str | None = None
+    aws_node_imds_url: str = AWS_NODE_IMDS_URL
     host: str = "127.0.0.1"
     port: int = 0
     link_local: bool = False
@@ -105,6 +108,7 @@ class SidecarConfig:
     gcp_sts_url: str = STS_URL
     gcp_iam_url: str = IAM_URL
     gcp_lifetime: int = 3600
+    gcp_node_metadata_url: str = NODE_METADATA_URL
     azure_identity: str | None = None
     azure_authority: str = AUTHORITY
     azure_node_imds_url: str = NODE_IMDS_URL
@@ -206,6 +210,8 @@ SIDECAR_OPTIONS: tuple[Option, ...] = (
         Option("--aws-duration", INT, "credential lifetime in seconds (default {default})"),
         Option("--aws-region", TEXT),
         Option("--aws-sts-endpoint", TEXT, "STS endpoint URL (default: the regional endpoint)"),
+        Option("--aws-node-imds-url", TEXT, "the node's IMDS, asked (IMDSv2) for the node's "
+               "instance profile when a launch is granted it (default {default})"),
         Option("--aws-endpoint-url", TEXT, "export AWS_ENDPOINT_URL to the job (the sandbox "
                "uses this)"),
         Option("--keep-aws-config", SWITCH, "do not point AWS_CONFIG_FILE/"
@@ -220,6 +226,8 @@ SIDECAR_OPTIONS: tuple[Option, ...] = (
         Option("--gcp-iam-url", TEXT, "IAM Credentials API base URL"),
         Option("--gcp-lifetime", INT, "service account access token lifetime in seconds "
                "(default {default})"),
+        Option("--gcp-node-metadata-url", TEXT, "the node's metadata server, asked for the "
+               "node's own service account when a launch is granted it (default {default})"),
     ),
     *group(
         "Azure",

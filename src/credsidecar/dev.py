@@ -194,6 +194,8 @@ async def run_dev(args: argparse.Namespace) -> int:
                 clouds=frozenset({"aws", "gcp", "azure"}),
                 azure_authority=sandbox.azure.authority_url,
                 azure_node_imds_url=sandbox.azure.node_imds_url,
+                gcp_node_metadata_url=sandbox.gcp.node_metadata_url,
+                aws_node_imds_url=sandbox.aws.node_imds_url,
                 ca_file=Path(sandbox.azure.ca_file),
                 aws_endpoint_url=sandbox.aws.moto.url,
                 aws_duration=args.aws_duration,

@@ -24,10 +24,12 @@ from credsidecar.audit import AuditLog
 from credsidecar.cache import CredentialCache
 from credsidecar.cache_family import CacheFamily
 from credsidecar.clouds.aws import AwsCredentials, AwsExchanger, AwsSettings, role_session_name
+from credsidecar.clouds.aws_node import AwsNodeExchanger
 from credsidecar.clouds.azure import AzureExchanger, AzureIdentityRef, AzureToken
 from credsidecar.clouds.azure_node import AzureNodeExchanger
 from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE
 from credsidecar.clouds.gcp import CLOUD_PLATFORM, GcpExchanger, GcpIdToken, GcpSettings, GcpToken
+from credsidecar.clouds.gcp_node import GcpNodeExchanger
 from credsidecar.config import SidecarConfig
 from credsidecar.endpoints.aws import CONTAINER_PATH, AwsEndpoints
 from credsidecar.endpoints.azure import (
@@ -124,11 +126,12 @@ def aws_settings(
 ) -> AwsSettings | None:
     """The STS call for `grant` (or --aws-role-arn): the sidecar's, and preflight's."""
     role = config.aws_role_arn or (grant.role_arn if grant else None)
-    if not role:
+    node = grant is not None and grant.source == "node" and not config.aws_role_arn
+    if not role and not node:
         return None
     user = claims.user if claims else "direct"
     return AwsSettings(
-        role_arn=role,
+        role_arn=role or "",  # "": the node's instance profile itself
         audience=config.aws_audience or (grant.audience if grant else AWS_DEFAULT_AUDIENCE),
         identity_name=grant.name if grant else None,
         session_name=role_session_name(user, claims.run if claims else None),
@@ -164,7 +167,11 @@ async def build_aws(ctx: Context) -> Provider | None:
     settings = aws_settings(config, ctx.claims, grant)
     if settings is None:
         return None
-    exchanger = AwsExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
+    exchanger: AwsExchanger | AwsNodeExchanger
+    if grant is not None and grant.source == "node" and not config.aws_role_arn:
+        exchanger = AwsNodeExchanger(settings, ctx.session, ctx.who_text, config.aws_node_imds_url)
+    else:
+        exchanger = AwsExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
 
     def obtained(creds: AwsCredentials) -> None:
         ctx.audit.event("credentials.obtained", **ctx.who, provider="aws", role=creds.role_arn,
@@ -181,7 +188,7 @@ async def build_aws(ctx: Context) -> Provider | None:
     # No newline: botocore sends the file's bytes as the header value.
     await asyncio.to_thread(write_private_atomic, secret_file, secret)
     guard = Guard(ctx.hosts, ctx.refusals, config.link_local, peers=ctx.peers)
-    role_name = settings.role_arn.rsplit("/", 1)[-1]
+    role_name = settings.role_arn.rsplit("/", 1)[-1] or (grant.name if grant else "node")
     endpoints = AwsEndpoints(cache, secret, ctx.audit, guard, role_name, ctx.who,
                              region=config.aws_region,
                              relative_path=config.aws_relative_uri)  # fmt: skip
@@ -233,9 +240,20 @@ async def build_gcp(ctx: Context) -> Provider | None:
     if grant is None:
         return None
     settings = gcp_settings(config, grant)
-    if config.secret_only:
+    exchanger: GcpExchanger
+    if grant.source == "node":
+        if config.secret_only:
+            raise ConfigError(
+                f"--secret-only cannot serve gcp identity {grant.name!r} of {ctx.who_text}: it "
+                "is the node's service account, which only the metadata-server mode serves; "
+                "launch with a federated GCP identity, or without --secret-only"
+            )
+        exchanger = GcpNodeExchanger(settings, ctx.supplier, ctx.session, ctx.who_text,
+                                     config.gcp_node_metadata_url)  # fmt: skip
+    elif config.secret_only:
         return await _build_gcp_external(ctx, settings)
-    exchanger = GcpExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
+    else:
+        exchanger = GcpExchanger(settings, ctx.supplier, ctx.session, ctx.who_text)
 
     def obtained(kind: str) -> Callable[[object, GcpToken | GcpIdToken], None]:
         def record(key: object, value: GcpToken | GcpIdToken) -> None:

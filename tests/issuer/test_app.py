@@ -116,7 +116,7 @@ async def test_mint_returns_a_launch_token_that_verifies_with_another_library(
     assert claims["jti"] == minted["jti"]
     assert claims["exp"] - claims["iat"] == 24 * 3600 == minted["expires_at"] - issuer.clock()
     # Alice's own grant ranks first, the workspace's grant follows.
-    assert minted["identities"]["aws"] == ["alice-data", "genomics-readonly"]
+    assert minted["identities"]["aws"] == ["alice-data", "node-alice", "genomics-readonly"]
     aws = claims["identities"]["aws"][0]
     assert aws["role_arn"] == "arn:aws:iam::123456789012:role/alice-data"
 

@@ -13,7 +13,7 @@ def _add_to_policy(issuer: IssuerFixture, old: str, new: str) -> None:
     path = issuer.config.policy_path
     text = path.read_text()
     assert old in text
-    path.write_text(text.replace(old, new))
+    path.write_text(text.replace(old, new, 1))  # the first: the federated identity
     assert issuer.service.policy_holder.reload(), issuer.service.policy_holder.last_error
 
 

@@ -155,7 +155,7 @@ def test_status_marks_missing_and_disabled_users() -> None:
     policy = parse_policy(EXAMPLE_POLICY + '\n[[users]]\nid = "dan"\ndisabled = true\n')
     rows = {row["user"]: row for row in status_rows(policy)}
     assert rows["alice"] == {
-        "user": "alice", "aws": "alice-data (+1)", "gcp": "alice",
+        "user": "alice", "aws": "alice-data (+2)", "gcp": "alice (+1)",
         "azure": "alice (+2)", "hpc": "sandbox-cluster",
     }  # fmt: skip
     assert rows["bob"]["gcp"] == "bob" and rows["bob"]["azure"] == "bob (+1)"

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 __all__ = [
     "AWS_DEFAULT_AUDIENCE",
     "AWS_DEFAULT_DURATION",
+    "AWS_NODE_IMDS_URL",
     "AZURE_AUDIENCE",
     "AZURE_AUTHORITY",
     "AZURE_NODE_IMDS_URL",
     "GCP_CLOUD_PLATFORM",
     "GCP_IAM_URL",
+    "GCP_NODE_METADATA_URL",
     "GCP_STS_URL",
     "AwsCredentials",
     "AzureIdentityRef",
@@ -34,9 +36,13 @@ AWS_DEFAULT_DURATION = 3600
 GCP_CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 GCP_STS_URL = "https://sts.googleapis.com/v1/token"
 GCP_IAM_URL = "https://iamcredentials.googleapis.com"
+# The node's own metadata server, which holds the node's service account (`source = "node"`).
+GCP_NODE_METADATA_URL = "http://metadata.google.internal"
 # Azure: Entra's public authority and the audience of a federated credential's assertion.
 AZURE_AUTHORITY = "https://login.microsoftonline.com"
 AZURE_AUDIENCE = "api://AzureADTokenExchange"
+# The node's own IMDS (EC2), which holds the node's instance profile (`source = "node"`).
+AWS_NODE_IMDS_URL = "http://169.254.169.254"
 # The node's own IMDS, which holds the node's managed identities (`source = "node"` grants).
 AZURE_NODE_IMDS_URL = "http://169.254.169.254"
 

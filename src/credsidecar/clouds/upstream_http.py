@@ -78,6 +78,7 @@ async def request(
     headers: Mapping[str, str] | None = None,
     who: str | None = None,
     hint: str = "",
+    raw: bytes | None = None,
 ) -> UpstreamResponse:
     """Sends one request; `form` is sent form-encoded, `json_body` as JSON (not both).
 
@@ -88,6 +89,8 @@ async def request(
         kwargs["data"] = dict(form)
     if json_body is not None:
         kwargs["json"] = json_body
+    if raw is not None:  # sent as is: a signed request's exact bytes
+        kwargs["data"] = raw
     if headers is not None:
         kwargs["headers"] = dict(headers)
     try:

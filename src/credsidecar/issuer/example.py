@@ -13,10 +13,12 @@ from pathlib import Path
 from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE
 from credsidecar.issuer.config import new_api_key
 from credsidecar.sandbox.seed import (
+    AWS_NODE_IDENTITIES,
     AZURE_IDENTITIES,
     AZURE_NODE_IDENTITIES,
     AZURE_TENANT_ID,
     GCP_AUDIENCE,
+    GCP_NODE_IDENTITIES,
     GCP_PROJECT_ID,
     GCP_PROJECT_NUMBER,
     GCP_SERVICE_ACCOUNTS,
@@ -67,6 +69,17 @@ def example_policy() -> str:
         + "\n"
         for role in ROLES
     )
+    aws_node = "".join(
+        f'[identities.aws.{i.name}]\nsource = "node"\n'
+        + (
+            f"role_arn = {_q(i.role_arn)}\n"
+            if i.role_arn
+            else "# no role_arn: the instance profile's own credentials\n"
+        )
+        + (f"session_policy = '{i.session_policy}'\n" if i.session_policy else "")
+        + "\n"
+        for i in AWS_NODE_IDENTITIES
+    )
     gcp = "".join(
         f"[identities.gcp.{account.email.split('@')[0]}]\n"
         f"audience = {_q(GCP_AUDIENCE)}\n"
@@ -95,13 +108,25 @@ def example_policy() -> str:
         + "\n"
         for i in AZURE_NODE_IDENTITIES
     )
+    gcp_node = "".join(
+        f'[identities.gcp.{i.name}]\nsource = "node"\n'
+        + (
+            f"service_account = {_q(i.service_account)}\n"
+            if i.service_account
+            else "# no service_account: the node's own\n"
+        )
+        + f"project_id = {_q(GCP_PROJECT_ID)}\n\n"
+        for i in GCP_NODE_IDENTITIES
+    )
     grants = "\n".join(
         [
             *(_grant("aws", role.name, role.subjects) for role in ROLES),
+            *(_grant("aws", i.name, i.users) for i in AWS_NODE_IDENTITIES if i.users),
             *(
                 _grant("gcp", account.email.split("@")[0], account.subjects)
                 for account in GCP_SERVICE_ACCOUNTS
             ),
+            *(_grant("gcp", i.name, i.users) for i in GCP_NODE_IDENTITIES if i.users),
             *(_grant("azure", i.name, i.users) for i in AZURE_IDENTITIES),
             *(_grant("azure", i.name, i.users) for i in AZURE_NODE_IDENTITIES if i.users),
             _grant("hpc", "sandbox-cluster", WORKSPACE_MEMBERS),
@@ -131,9 +156,19 @@ members = {_list(WORKSPACE_MEMBERS)}
 
 # AWS: IAM roles whose trust policy admits the issuer's tokens for these subjects.
 {aws}\
+# AWS, the node's own instance profile (source = "node"): the sidecar reads its credentials
+# from the node's IMDS and, with role_arn, assumes that role with them (STS AssumeRole,
+# RoleSessionName user@run, narrowed by session_policy). node-alice (alice-data, read-only)
+# goes to alice alone; node-bob and the instance profile itself are granted to nobody.
+{aws_node}\
 # GCP: service accounts the workload identity pool's principals may impersonate; the audience is
 # the pool provider's resource name.
 {gcp}\
+# GCP, the node's own service account (source = "node"): the sidecar asks the node's metadata
+# server for its token and, with service_account, impersonates that account with it (the node's
+# account holds roles/iam.serviceAccountTokenCreator on it). node-alice goes to alice alone;
+# node-bob and the node's own account are granted to nobody.
+{gcp_node}\
 # Azure: user-assigned managed identities, each with one federated credential whose subject is
 # "credsidecar:azure:NAME" (the default), so Entra tells them apart; the issuer decides who may
 # use which.

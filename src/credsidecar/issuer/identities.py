@@ -30,9 +30,11 @@ from credsidecar.launch.grants import (
 __all__ = [
     "PROVIDERS",
     "AwsIdentity",
+    "AwsNodeIdentity",
     "AzureIdentity",
     "AzureNodeIdentity",
     "GcpIdentity",
+    "GcpNodeIdentity",
     "HpcCluster",
     "Identity",
     "parse_identity",
@@ -96,6 +98,22 @@ class AwsIdentity(Identity):
 
 
 @dataclass(frozen=True)
+class AwsNodeIdentity(Identity):
+    """The instance profile of the node the sidecar runs on (`source = "node"`), optionally
+    assuming `role_arn` with it, narrowed by `session_policy`. The sidecar asks the node's
+    IMDS for the instance profile's credentials; the issuer mints nothing for it (no audience)
+    and only decides who is granted it."""
+
+    provider: ClassVar[str] = "aws"
+    role_arn: str | None = None
+    session_policy: str | None = None
+
+    def grant(self, user_id: str) -> AwsGrant:
+        return AwsGrant(self.name, self.role_arn or "", session_policy=self.session_policy,
+                        source="node")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class GcpIdentity(Identity):
     provider: ClassVar[str] = "gcp"
     gcp_audience: str = ""
@@ -114,6 +132,27 @@ class GcpIdentity(Identity):
             service_account=self.service_account or None,
             project_id=self.project_id or None,
             project_number=self.project_number or None,
+        )
+
+
+@dataclass(frozen=True)
+class GcpNodeIdentity(Identity):
+    """The service account of the node the sidecar runs on (`source = "node"`), optionally
+    impersonating `service_account` with it. The sidecar asks the node's metadata server for
+    its tokens; the issuer mints nothing for it (no audience) and only decides who is granted
+    it."""
+
+    provider: ClassVar[str] = "gcp"
+    service_account: str | None = None
+    project_id: str | None = None
+
+    def grant(self, user_id: str) -> GcpGrant:
+        return GcpGrant(
+            name=self.name,
+            audience="",
+            service_account=self.service_account,
+            project_id=self.project_id,
+            source="node",
         )
 
 
@@ -243,7 +282,22 @@ def parse_identity(
     """Builds one identity from its `[identities.PROVIDER.NAME]` table."""
     f = _Fields(provider, name, table)
     identity: Identity
-    if provider == "aws":
+    if provider == "aws" and f.text("source", default="federation") == "node":
+        role_arn = f.text("role_arn", ROLE_ARN, required=False,
+                          hint=" (arn:aws:iam::ACCOUNT:role/NAME)")  # fmt: skip
+        session_policy = f.text("session_policy", required=False)
+        if session_policy and not role_arn:
+            raise f.fail(
+                "session_policy",
+                "needs role_arn: a session policy narrows the role assumed from the node's "
+                "instance profile, and the instance profile's own credentials take none",
+            )
+        identity = AwsNodeIdentity(name=name, role_arn=role_arn, session_policy=session_policy)
+    elif provider == "aws":
+        if f.table.get("source") != "federation" and "source" in f.table:
+            raise f.fail(
+                "source", f"{str(f.table['source'])[:40]!r} is not one of federation, node"
+            )
         identity = AwsIdentity(
             name=name,
             role_arn=str(f.text("role_arn", ROLE_ARN, hint=" (arn:aws:iam::ACCOUNT:role/NAME)")),
@@ -253,7 +307,17 @@ def parse_identity(
             session_tags=f.mapping("session_tags"),
             session_policy=f.text("session_policy", required=False),
         )
+    elif provider == "gcp" and f.text("source", default="federation") == "node":
+        identity = GcpNodeIdentity(
+            name=name,
+            service_account=f.text("service_account", _EMAIL, required=False),
+            project_id=f.text("project_id", required=False),
+        )
     elif provider == "gcp":
+        if f.table.get("source") != "federation" and "source" in f.table:
+            raise f.fail(
+                "source", f"{str(f.table['source'])[:40]!r} is not one of federation, node"
+            )
         identity = GcpIdentity(
             name=name,
             gcp_audience=str(

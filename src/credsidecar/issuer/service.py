@@ -338,6 +338,18 @@ class IssuerService:
                 "managed identity: the sidecar asks the node's IMDS for it, and the issuer mints "
                 "no federated token for it"
             )
+        if identity.audience is None and provider == "aws":  # source = "node"
+            raise InvalidTarget(
+                f"aws identity {name!r} of user {user_id!r} (run {run!r}) is the node's own "
+                "instance profile: the sidecar asks the node's IMDS for it, and the issuer "
+                "mints no federated token for it"
+            )
+        if identity.audience is None and provider == "gcp":  # source = "node"
+            raise InvalidTarget(
+                f"gcp identity {name!r} of user {user_id!r} (run {run!r}) is the node's own "
+                "service account: the sidecar asks the node's metadata server for it, and the "
+                "issuer mints no federated token for it"
+            )
         if identity.audience != audience:
             raise InvalidTarget(
                 f"{provider} identity {name!r} of user {user_id!r} (run {run!r}) expects audience "

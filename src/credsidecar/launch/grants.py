@@ -26,7 +26,9 @@ from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE, AZURE_AUDIENCE
 from credsidecar.errors import BadRequest, ConfigError, CredsidecarError
 
 __all__ = [
+    "AWS_SOURCES",
     "AZURE_SOURCES",
+    "GCP_SOURCES",
     "LINUX_USERNAME",
     "PROVIDERS",
     "ROLE_ARN",
@@ -119,53 +121,107 @@ _REMEDY = (
 )
 
 
+# Where a sidecar gets an AWS identity's credentials: "federation" (AssumeRoleWithWebIdentity
+# with the issuer's token) or "node" (the node's instance profile over IMDSv2, then optionally
+# AssumeRole into `role_arn`).
+AWS_SOURCES = ("federation", "node")
+
+
 @dataclass(frozen=True)
 class AwsGrant:
+    """One granted AWS role. A node-sourced grant's claim writes its role (if any) under
+    `assume_role_arn` and has no `role_arn`, so a sidecar that predates `source` refuses the
+    launch token at start-up instead of calling AssumeRoleWithWebIdentity."""
+
     provider: ClassVar[str] = "aws"
     name: str
-    role_arn: str
+    role_arn: str  # "" for a node grant without a role: the instance profile itself
     audience: str = AWS_DEFAULT_AUDIENCE
     session_policy: str | None = None
+    source: str = "federation"
 
     def to_claim(self) -> dict[str, Any]:
-        return _claim(self)
+        claim = _claim(self)
+        if self.source == "federation":
+            del claim["source"]  # the claim older sidecars read, unchanged
+            return claim
+        del claim["audience"]
+        role = claim.pop("role_arn")
+        if role:
+            claim["assume_role_arn"] = role
+        return claim
 
     @classmethod
     def from_claim(
         cls, claim: object, where: str = "identities.aws[0]", error: ErrorType = ConfigError
     ) -> AwsGrant:
         r = _Reader(where, claim, error)
+        source = r.text("source", "federation")
+        if source not in AWS_SOURCES:
+            raise r.fail(
+                "source",
+                f"is {source[:40]!r}, which this sidecar does not know (it serves "
+                f"{' and '.join(AWS_SOURCES)}): upgrade the sidecar, or launch without that "
+                "identity",
+            )
+        node = source == "node"
         return cls(
             name=r.text("name"),
-            role_arn=r.text("role_arn"),
+            role_arn=(r.optional("assume_role_arn") or "") if node else r.text("role_arn"),
             audience=r.text("audience", AWS_DEFAULT_AUDIENCE),
             session_policy=r.optional("session_policy"),
+            source=source,
         )
+
+
+# Where a sidecar gets a GCP identity's tokens: "federation" (Google STS with the issuer's
+# token) or "node" (the node's own metadata server: its service account, which then optionally
+# impersonates `service_account`).
+GCP_SOURCES = ("federation", "node")
 
 
 @dataclass(frozen=True)
 class GcpGrant:
+    """One granted GCP identity. A node-sourced grant has no audience: its claim leaves
+    `audience` out, so a sidecar that predates `source` refuses the launch token at start-up
+    instead of federating."""
+
     provider: ClassVar[str] = "gcp"
     name: str
-    audience: str  # the workload identity provider's
-    service_account: str | None = None  # None: the federated principal acts itself
+    audience: str  # the workload identity provider's ("" for a node-sourced grant)
+    service_account: str | None = None  # None: the federated principal (or node) acts itself
     project_id: str | None = None
     project_number: str | None = None
+    source: str = "federation"
 
     def to_claim(self) -> dict[str, Any]:
-        return _claim(self)
+        claim = _claim(self)
+        if self.source == "federation":
+            del claim["source"]  # the claim older sidecars read, unchanged
+        else:
+            del claim["audience"]
+        return claim
 
     @classmethod
     def from_claim(
         cls, claim: object, where: str = "identities.gcp[0]", error: ErrorType = ConfigError
     ) -> GcpGrant:
         r = _Reader(where, claim, error)
+        source = r.text("source", "federation")
+        if source not in GCP_SOURCES:
+            raise r.fail(
+                "source",
+                f"is {source[:40]!r}, which this sidecar does not know (it serves "
+                f"{' and '.join(GCP_SOURCES)}): upgrade the sidecar, or launch without that "
+                "identity",
+            )
         return cls(
             name=r.text("name"),
-            audience=r.text("audience"),
+            audience=(r.optional("audience") or "") if source == "node" else r.text("audience"),
             service_account=r.optional("service_account"),
             project_id=r.optional("project_id"),
             project_number=r.optional("project_number"),
+            source=source,
         )
 
 

@@ -255,8 +255,10 @@ class JobCredentials:
 
 def _label(grant: Grant, claims: LaunchClaims) -> str:
     if isinstance(grant, AwsGrant):
-        return grant.role_arn
+        return grant.role_arn or "the node's instance profile"
     if isinstance(grant, GcpGrant):
+        if grant.source == "node":
+            return grant.service_account or "the node's service account"
         return grant.service_account or f"{claims.subject} via {grant.audience}"
     if isinstance(grant, AzureGrant):
         return grant.client_id
@@ -311,12 +313,24 @@ class LaunchCredentials:
     async def obtain(self, identity: CloudIdentity) -> Obtained:
         grant = self._grant(identity)
         who = self._claims.who
+        if isinstance(grant, AwsGrant) and grant.source == "node":
+            raise BadRequest(
+                f"AWS identity {grant.name!r} is the node's own instance profile: only the "
+                "sidecar on the node obtains it; check it in the job (`credsidecar preflight` "
+                "there)"
+            )
         if isinstance(grant, AwsGrant):
             settings = aws_settings(self._config, self._claims, grant)
             if settings is None:  # cannot happen: a grant always names its role
                 raise BadRequest(f"AWS identity {grant.name!r} names no role")
             exchanger = AwsExchanger(settings, self._supplier, self._session, who)
             return Obtained(identity, aws=await exchanger.fetch())
+        if isinstance(grant, GcpGrant) and grant.source == "node":
+            raise BadRequest(
+                f"GCP identity {grant.name!r} is the node's own service account: only the "
+                "sidecar on the node obtains it; check it in the job (`credsidecar preflight` "
+                "there)"
+            )
         if isinstance(grant, GcpGrant):
             gcp = GcpExchanger(gcp_settings(self._config, grant), self._supplier, self._session,
                                who)  # fmt: skip

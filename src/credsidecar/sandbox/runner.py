@@ -36,6 +36,8 @@ class Sandbox:
             "--gcp-sts-url", self.gcp.sts_url, "--gcp-iam-url", self.gcp.iam_url,
             "--azure-authority", self.azure.authority_url, "--ca-file", self.azure.ca_file,
             "--azure-node-imds-url", self.azure.node_imds_url,
+            "--gcp-node-metadata-url", self.gcp.node_metadata_url,
+            "--aws-node-imds-url", self.aws.node_imds_url,
             *(f"--job-env={name}={value}" for name, value in self.job_env().items()),
         ]  # fmt: skip
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 __all__ = [
     "ACCOUNT",
+    "AWS_NODE_IDENTITIES",
+    "AWS_NODE_ROLE",
+    "AWS_NODE_SESSION",
     "AZURE_IDENTITIES",
     "AZURE_NODE",
     "AZURE_NODE_IDENTITIES",
@@ -21,6 +24,8 @@ __all__ = [
     "AZURE_TENANT_ID",
     "BUCKETS",
     "GCP_AUDIENCE",
+    "GCP_NODE_IDENTITIES",
+    "GCP_NODE_SERVICE_ACCOUNT",
     "GCP_POOL_RESOURCE",
     "GCP_PROJECT_ID",
     "GCP_PROJECT_NUMBER",
@@ -32,6 +37,8 @@ __all__ = [
     "USERS",
     "WORKSPACE",
     "WORKSPACE_MEMBERS",
+    "SandboxAwsNodeIdentity",
+    "SandboxGcpNodeIdentity",
     "SandboxManagedIdentity",
     "SandboxNodeIdentity",
     "SandboxRole",
@@ -70,6 +77,36 @@ ROLES = (
 )
 
 
+# The node the sidecar runs on (an EC2 instance) has an instance profile whose role,
+# sandbox-node, reads shared-refs and may assume alice-data and bob-data (their trust policies
+# admit its session); the node's IMDS stand-in (sandbox/aws/node_imds.py) serves that session's
+# credentials. The issuer's policy (`source = "node"`) decides which user gets which.
+AWS_NODE_ROLE = SandboxRole("sandbox-node", (), ("shared-refs",), ())
+AWS_NODE_SESSION = "i-0sandboxnode"  # the instance ID, as EC2 names the profile's session
+# A session policy the example narrows node-alice with: read and list only.
+AWS_NODE_READ_ONLY = (
+    '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":'
+    '["s3:ListBucket","s3:GetObject","s3:GetBucketLocation"],"Resource":"*"}]}'
+)
+
+
+@dataclass(frozen=True)
+class SandboxAwsNodeIdentity:
+    name: str
+    role_arn: str | None  # assumed from the instance profile; None: the profile itself
+    session_policy: str | None
+    users: tuple[str, ...]  # who the example policy grants it
+
+
+# The example policy grants node-alice (alice-data assumed from the node, read-only) to alice
+# alone; node-bob and the instance profile itself are granted to nobody.
+AWS_NODE_IDENTITIES = (
+    SandboxAwsNodeIdentity("node", None, None, ()),
+    SandboxAwsNodeIdentity("node-alice", ROLES[0].arn, AWS_NODE_READ_ONLY, ("alice",)),
+    SandboxAwsNodeIdentity("node-bob", ROLES[1].arn, None, ()),
+)
+
+
 # GCP: one workload identity pool and OIDC provider trusting the issuer; the provider's resource
 # name (with "//iam.googleapis.com/" in front) is the audience the example policy gives alice/bob.
 GCP_PROJECT_ID = "sandbox-project"
@@ -104,6 +141,30 @@ GCP_SERVICE_ACCOUNTS = (
         ("bob",),
     ),
 )  # fmt: skip
+
+# The node the sidecar runs on (a GCE VM, a GKE node) runs as this service account, served by
+# its metadata server (sandbox/gcp/node_metadata.py). It may read shared-refs itself, and holds
+# roles/iam.serviceAccountTokenCreator on alice's and bob's accounts, so it can impersonate
+# either: the issuer's policy (`source = "node"`) decides which user gets which.
+GCP_NODE_SERVICE_ACCOUNT = SandboxServiceAccount(
+    f"sandbox-node@{GCP_PROJECT_ID}.iam.gserviceaccount.com", (), ("shared-refs",), ()
+)
+
+
+@dataclass(frozen=True)
+class SandboxGcpNodeIdentity:
+    name: str
+    service_account: str | None  # impersonated with the node's account; None: the node's own
+    users: tuple[str, ...]  # who the example policy grants it
+
+
+# The example policy grants node-alice (the node impersonating alice's account) to alice alone;
+# node-bob and the node's own account are granted to nobody.
+GCP_NODE_IDENTITIES = (
+    SandboxGcpNodeIdentity("node", None, ()),
+    SandboxGcpNodeIdentity("node-alice", GCP_SERVICE_ACCOUNTS[0].email, ("alice",)),
+    SandboxGcpNodeIdentity("node-bob", GCP_SERVICE_ACCOUNTS[1].email, ()),
+)
 
 
 # Azure: one tenant with a user-assigned managed identity per user (and one for the genomics

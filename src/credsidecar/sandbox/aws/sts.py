@@ -16,6 +16,7 @@ import base64
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,13 @@ class StsState:
     trust: Mapping[str, Mapping[str, Any]]  # role ARN -> trust policy
     clock: Callable[[], float] = time.time
     outage_until: float = 0.0
-    calls: dict[str, int] = field(default_factory=lambda: {"AssumeRoleWithWebIdentity": 0})
+    calls: dict[str, int] = field(
+        default_factory=lambda: {"AssumeRoleWithWebIdentity": 0, "AssumeRole": 0}
+    )
+    # AssumeRole requests seen (the last 256): role, session, session policy, caller's key.
+    assume_role_requests: deque[dict[str, str | None]] = field(
+        default_factory=lambda: deque(maxlen=256)
+    )
 
 
 STATE = web.AppKey("state", StsState)
@@ -173,6 +180,34 @@ async def assume_role_with_web_identity(
     return web.Response(text=body, content_type="text/xml")
 
 
+_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+async def assume_role(request: web.Request, form: Mapping[str, str]) -> web.Response:
+    """A signed AssumeRole (the node's instance profile assuming a role): recorded, then passed
+    to moto as it came, Host header included, so moto checks its SigV4 signature, the caller's
+    permission and the role's trust policy. moto does not apply session policies: the record
+    shows what a real STS would have been asked to apply."""
+    state = request.app[STATE]
+    state.calls["AssumeRole"] += 1
+    credential = request.headers.get("Authorization", "").partition("Credential=")[2]
+    state.assume_role_requests.append(
+        {"RoleArn": form.get("RoleArn"), "RoleSessionName": form.get("RoleSessionName"),
+         "Policy": form.get("Policy"), "AccessKeyId": credential.split("/", 1)[0] or None}
+    )  # fmt: skip
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.post(f"{state.moto.url}/", data=await request.read(), headers=headers) as resp,
+    ):
+        body = await resp.read()
+        return web.Response(status=resp.status, body=body, content_type="text/xml")
+
+
+async def assume_role_requests(request: web.Request) -> web.Response:
+    return web.json_response(list(request.app[STATE].assume_role_requests))
+
+
 async def sts_endpoint(request: web.Request) -> web.Response:
     state = request.app[STATE]
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
@@ -183,6 +218,8 @@ async def sts_endpoint(request: web.Request) -> web.Response:
     try:
         if action == "AssumeRoleWithWebIdentity":
             return await assume_role_with_web_identity(request, form)
+        if action == "AssumeRole":
+            return await assume_role(request, form)
         raise StsError(
             400, "InvalidAction", f"the sandbox STS stand-in does not implement {action}"
         )
@@ -203,6 +240,7 @@ def create_sts_app(state: StsState) -> web.Application:
     app[STATE] = state
     app.router.add_post("/", sts_endpoint)
     app.router.add_get("/", sts_endpoint)
+    app.router.add_get("/_sandbox/assume-role-requests", assume_role_requests)
     add_test_hooks(app, state)
     app.cleanup_ctx.append(_resources)
     return app

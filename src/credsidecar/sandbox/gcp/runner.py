@@ -18,12 +18,14 @@ from aiohttp import web
 from credsidecar.sandbox.gcp.gcs import GcsState, create_gcs_app
 from credsidecar.sandbox.gcp.gcs_store import OBJECT_ADMIN, OBJECT_VIEWER, Bucket
 from credsidecar.sandbox.gcp.iam import GcpIamState, create_gcp_iam_app
+from credsidecar.sandbox.gcp.node_metadata import NodeMetadata, create_node_metadata_app
 from credsidecar.sandbox.gcp.state import GcpState
 from credsidecar.sandbox.gcp.sts import FEDERATED_LIFETIME, GcpProvider, GcpStsState
 from credsidecar.sandbox.gcp.sts import create_gcp_sts_app as _sts_app
 from credsidecar.sandbox.seed import (
     BUCKETS,
     GCP_AUDIENCE,
+    GCP_NODE_SERVICE_ACCOUNT,
     GCP_PROJECT_ID,
     GCP_PROJECT_NUMBER,
     GCP_PROVIDER_RESOURCE,
@@ -43,7 +45,7 @@ def seed_buckets(now: float) -> dict[str, Bucket]:
     Each binding is given to the service account and to the federated principal of its
     subjects, so that tokens used without impersonation are authorized alike."""
     buckets = {name: Bucket(name, {}, now) for name in BUCKETS}
-    for account in GCP_SERVICE_ACCOUNTS:
+    for account in (*GCP_SERVICE_ACCOUNTS, GCP_NODE_SERVICE_ACCOUNT):
         members = [f"serviceAccount:{account.email}", *map(gcp_principal, account.subjects)]
         for role, names in ((OBJECT_ADMIN, account.read_write), (OBJECT_VIEWER, account.read_only)):
             for name in names:
@@ -59,6 +61,7 @@ class GcpSandbox:
     storage_url: str  # like https://storage.googleapis.com
     state: GcpState
     _runners: list[web.AppRunner] = field(repr=False)
+    node_metadata_url: str = ""  # the node's own metadata server (node_metadata.py), plain HTTP
 
     @property
     def id_token_certs_url(self) -> str:
@@ -79,6 +82,8 @@ class GcpSandbox:
                 "project_number": GCP_PROJECT_NUMBER,
                 "audience": GCP_AUDIENCE,
                 "service_accounts": {a.email.split("@")[0]: a.email for a in GCP_SERVICE_ACCOUNTS},
+                "node_metadata_url": self.node_metadata_url,
+                "node_service_account": GCP_NODE_SERVICE_ACCOUNT.email,
                 "job_env": self.job_env(),
                 "buckets": {
                     "alice-data": "alice: read-write",
@@ -106,15 +111,20 @@ async def start_gcp_sandbox(
         allowed_subjects=tuple(s for a in GCP_SERVICE_ACCOUNTS for s in a.subjects),
     )
     sts = GcpStsState(shared, {GCP_AUDIENCE: provider}, lifetime=federated_lifetime)
-    members = {a.email: frozenset(map(gcp_principal, a.subjects)) for a in GCP_SERVICE_ACCOUNTS}
+    # The node's account holds roles/iam.serviceAccountTokenCreator on alice's and bob's.
+    node = GCP_NODE_SERVICE_ACCOUNT.email
+    members = {
+        a.email: frozenset({*map(gcp_principal, a.subjects), node}) for a in GCP_SERVICE_ACCOUNTS
+    }
     gcs = GcsState(shared, seed_buckets(clock()), GCP_PROJECT_NUMBER)
     runners: list[web.AppRunner] = []
     try:
         sts_base = await serve_app(_sts_app(sts), runners)
         iam_url = await serve_app(create_gcp_iam_app(GcpIamState(shared, members)), runners)
         storage_url = await serve_app(create_gcs_app(gcs), runners)
+        node_url = await serve_app(create_node_metadata_app(NodeMetadata(shared, node)), runners)
     except BaseException:
         for runner in runners:
             await runner.cleanup()
         raise
-    return GcpSandbox(f"{sts_base}/v1/token", iam_url, storage_url, shared, runners)
+    return GcpSandbox(f"{sts_base}/v1/token", iam_url, storage_url, shared, runners, node_url)
