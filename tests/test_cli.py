@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -284,3 +285,31 @@ def test_dev_without_the_sandbox_extra_says_what_to_install(
     assert cli_main(["dev"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'credsidecar[sandbox]'" in err and "Traceback" not in err
+
+
+def test_output_into_a_closed_pipe_ends_quietly(config: Path) -> None:
+    """`credsidecar ... | head`: the reader gone, the command stops with the shell's SIGPIPE
+    status and no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written: every write fails
+    try:
+        done = subprocess.run(
+            [*CLI, "issuer", "explain", "--config", str(config), "--user", "alice", "--json"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+def test_an_issuer_whose_port_is_taken_says_so_without_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = write_example(tmp_path, port=port)[0]
+        done = run("issuer", "--config", str(taken), ok=False)
+    assert done.returncode == 2, done.stderr
+    assert f"the issuer cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "address already in use" in done.stderr and "Traceback" not in done.stderr

@@ -387,9 +387,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if serve_needs_config(args):
             parser.error("credsidecar issuer: --config is required to serve")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        return code
     except CredsidecarError as exc:
         print(f"credsidecar: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`credsidecar ... | head`): what it wanted it has. Point stdout
+        # at /dev/null so the interpreter's final flush does not fail again with a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command a closed pipe stopped

@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from credsidecar.audit import AuditLog
-from credsidecar.errors import CredsidecarError
+from credsidecar.errors import ConfigError, CredsidecarError
 from credsidecar.issuer.app import create_app
 from credsidecar.issuer.assembly import Issuer, assemble
 from credsidecar.issuer.config import IssuerConfig, issuer_url_warning
@@ -107,7 +107,15 @@ async def serve(
             site = LimitedSite(runner, sock, ssl_context=tls)
         else:
             site = LimitedSite(runner, host=config.host, port=config.port, ssl_context=tls)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"the issuer cannot listen on {config.host}:{config.port}: "
+                f"{exc.strerror or exc}; stop what holds that address (`ss -ltnp` shows it) or "
+                "set another `listen = HOST:PORT` in the issuer's config"
+            ) from exc
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         reloads: set[asyncio.Task[None]] = set()
