@@ -159,27 +159,35 @@ class GcpExchanger:
         sa = str(self.settings.service_account)
         if status >= 500 or status == 429:
             return Unavailable(f"IAM Credentials failed for {self._who} as {sa}; retrying. {said}")
-        head = f"{self._who} may not impersonate {sa}"
-        if self.settings.identity_name:
-            head += f" (gcp identity {self.settings.identity_name!r})"
+        head = self._iam_head(sa)
         if status == 403:
-            member = gcp_principal(self.settings.audience, seen.subject)
-            return Forbidden(
-                f"{head}: {permission} denied to {member}; "
-                f"{gcp_iam_fix(sa, self.settings.audience, seen)}. {said}"
-            )
+            return Forbidden(f"{head}: {self._iam_denied(permission, sa, seen)}. {said}")
         if status == 404:
             return Forbidden(
                 f"{head}: service account {sa} does not exist; create it or correct the "
                 f"identity's service_account in the policy. {said}"
             )
         if status == 401:
-            return Forbidden(
-                f"{head}: IAM did not accept the pool's federated access token for "
-                f"{seen.subject}; check that the IAM Credentials API is enabled in the "
-                f"service account's project. {said}"
-            )
+            return Forbidden(f"{head}: {self._iam_unauthorized(seen)}. {said}")
         return BadRequest(f"IAM Credentials refused the request of {self._who} for {sa}. {said}")
+
+    # What differs when the token impersonating comes from elsewhere (the node: gcp_node.py).
+
+    def _iam_head(self, sa: str) -> str:
+        head = f"{self._who} may not impersonate {sa}"
+        if self.settings.identity_name:
+            head += f" (gcp identity {self.settings.identity_name!r})"
+        return head
+
+    def _iam_denied(self, permission: str, sa: str, seen: Presented) -> str:
+        member = gcp_principal(self.settings.audience, seen.subject)
+        return f"{permission} denied to {member}; {gcp_iam_fix(sa, self.settings.audience, seen)}"
+
+    def _iam_unauthorized(self, seen: Presented) -> str:
+        return (
+            f"IAM did not accept the pool's federated access token for {seen.subject}; check "
+            "that the IAM Credentials API is enabled in the service account's project"
+        )
 
     async def access_token(self, scopes: Sequence[str]) -> GcpToken:
         scopes = tuple(scopes) or (CLOUD_PLATFORM,)

@@ -96,33 +96,23 @@ class GcpNodeExchanger(GcpExchanger):
             )
         return Forbidden(f"{self._who} may not use {self._target}: {_NODE} refused. {said}")
 
-    def _iam_error(
-        self, status: int, body: dict[str, Any], permission: str, seen: Presented
-    ) -> CredsidecarError:
-        error = body.get("error")
-        detail = bounded(error.get("message", "") if isinstance(error, dict) else body)
-        said = f"IAM said: {detail}"
-        sa = str(self.settings.service_account)
-        if status >= 500 or status == 429:
-            return Unavailable(f"IAM Credentials failed for {self._who} as {sa}; retrying. {said}")
-        head = f"{self._who} may not impersonate {sa} with the node's service account"
-        head += f" (gcp node identity {self.settings.identity_name!r})"
-        if status == 403:
-            return Forbidden(
-                f"{head}: {permission} denied; grant the node's service account "
-                f"roles/iam.serviceAccountTokenCreator on {sa}. {said}"
-            )
-        if status == 404:
-            return Forbidden(
-                f"{head}: service account {sa} does not exist; create it or correct the "
-                f"identity's service_account in the policy. {said}"
-            )
-        if status == 401:
-            return Forbidden(
-                f"{head}: IAM did not accept the node's token; does the node's service account "
-                f"have the cloud-platform scope? {said}"
-            )
-        return BadRequest(f"IAM Credentials refused the request of {self._who} for {sa}. {said}")
+    def _iam_head(self, sa: str) -> str:
+        return (
+            f"{self._who} may not impersonate {sa} with the node's service account (gcp node "
+            f"identity {self.settings.identity_name!r})"
+        )
+
+    def _iam_denied(self, permission: str, sa: str, seen: Presented) -> str:
+        return (
+            f"{permission} denied; grant the node's service account "
+            f"roles/iam.serviceAccountTokenCreator on {sa}"
+        )
+
+    def _iam_unauthorized(self, seen: Presented) -> str:
+        return (
+            "IAM did not accept the node's token; does the node's service account have the "
+            "cloud-platform scope?"
+        )
 
     async def id_token(self, audience: str) -> GcpIdToken:
         if self.settings.service_account is None:

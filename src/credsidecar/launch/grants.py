@@ -26,12 +26,10 @@ from credsidecar.clouds.contracts import AWS_DEFAULT_AUDIENCE, AZURE_AUDIENCE
 from credsidecar.errors import BadRequest, ConfigError, CredsidecarError
 
 __all__ = [
-    "AWS_SOURCES",
-    "AZURE_SOURCES",
-    "GCP_SOURCES",
     "LINUX_USERNAME",
     "PROVIDERS",
     "ROLE_ARN",
+    "SOURCES",
     "AwsGrant",
     "AzureGrant",
     "GcpGrant",
@@ -108,6 +106,17 @@ class _Reader:
             raise self.fail(key, "must be a string")
         return value
 
+    def source(self) -> str:
+        """`source`: "federation" when absent; one this sidecar does not know is refused."""
+        value = self.text("source", "federation")
+        if value not in SOURCES:
+            raise self.fail(
+                "source",
+                f"is {value[:40]!r}, which this sidecar does not know (it serves "
+                f"{' and '.join(SOURCES)}): upgrade the sidecar, or launch without that identity",
+            )
+        return value
+
     def port(self, key: str, default: int) -> int:
         value = self.claim.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
@@ -121,10 +130,12 @@ _REMEDY = (
 )
 
 
-# Where a sidecar gets an AWS identity's credentials: "federation" (AssumeRoleWithWebIdentity
-# with the issuer's token) or "node" (the node's instance profile over IMDSv2, then optionally
-# AssumeRole into `role_arn`).
-AWS_SOURCES = ("federation", "node")
+# Where a sidecar gets an identity's credentials: "federation" (the cloud's token service with
+# the issuer's token: AssumeRoleWithWebIdentity, Google STS, Entra) or "node" (the node's own
+# metadata service: AWS's instance profile over IMDSv2, then optionally AssumeRole into
+# `role_arn`; GCP's node service account, then optionally impersonating `service_account`;
+# Azure's system-assigned identity or a user-assigned one named by client_id or resource_id).
+SOURCES = ("federation", "node")
 
 
 @dataclass(frozen=True)
@@ -156,14 +167,7 @@ class AwsGrant:
         cls, claim: object, where: str = "identities.aws[0]", error: ErrorType = ConfigError
     ) -> AwsGrant:
         r = _Reader(where, claim, error)
-        source = r.text("source", "federation")
-        if source not in AWS_SOURCES:
-            raise r.fail(
-                "source",
-                f"is {source[:40]!r}, which this sidecar does not know (it serves "
-                f"{' and '.join(AWS_SOURCES)}): upgrade the sidecar, or launch without that "
-                "identity",
-            )
+        source = r.source()
         node = source == "node"
         return cls(
             name=r.text("name"),
@@ -172,12 +176,6 @@ class AwsGrant:
             session_policy=r.optional("session_policy"),
             source=source,
         )
-
-
-# Where a sidecar gets a GCP identity's tokens: "federation" (Google STS with the issuer's
-# token) or "node" (the node's own metadata server: its service account, which then optionally
-# impersonates `service_account`).
-GCP_SOURCES = ("federation", "node")
 
 
 @dataclass(frozen=True)
@@ -207,14 +205,7 @@ class GcpGrant:
         cls, claim: object, where: str = "identities.gcp[0]", error: ErrorType = ConfigError
     ) -> GcpGrant:
         r = _Reader(where, claim, error)
-        source = r.text("source", "federation")
-        if source not in GCP_SOURCES:
-            raise r.fail(
-                "source",
-                f"is {source[:40]!r}, which this sidecar does not know (it serves "
-                f"{' and '.join(GCP_SOURCES)}): upgrade the sidecar, or launch without that "
-                "identity",
-            )
+        source = r.source()
         return cls(
             name=r.text("name"),
             audience=(r.optional("audience") or "") if source == "node" else r.text("audience"),
@@ -223,12 +214,6 @@ class GcpGrant:
             project_number=r.optional("project_number"),
             source=source,
         )
-
-
-# Where a sidecar gets an Azure identity's tokens: "federation" (Entra, with the issuer's token
-# as client assertion) or "node" (the node's own IMDS: its system-assigned identity, or a
-# user-assigned one attached to it, named by client_id or resource_id).
-AZURE_SOURCES = ("federation", "node")
 
 
 @dataclass(frozen=True)
@@ -259,14 +244,7 @@ class AzureGrant:
         cls, claim: object, where: str = "identities.azure[0]", error: ErrorType = ConfigError
     ) -> AzureGrant:
         r = _Reader(where, claim, error)
-        source = r.text("source", "federation")
-        if source not in AZURE_SOURCES:
-            raise r.fail(
-                "source",
-                f"is {source[:40]!r}, which this sidecar does not know (it serves "
-                f"{' and '.join(AZURE_SOURCES)}): upgrade the sidecar, or launch without that "
-                "identity",
-            )
+        source = r.source()
         node = source == "node"
         return cls(
             name=r.text("name"),
