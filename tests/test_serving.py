@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import make_mocked_request
 
 from credsidecar.serving import (
     IN_FLIGHT_TURNS,
@@ -26,6 +27,7 @@ from credsidecar.serving import (
     ConnectionTracker,
     LimitedSite,
     connection_cap,
+    direct_routes,
     serving,
 )
 from tests.support.clock import FakeClock
@@ -331,3 +333,88 @@ async def test_malformed_requests_are_logged_without_their_bytes_once_a_minute(
     last = [r for r in caplog.records if r.name == "aiohttp.server"][-1].getMessage()
     assert last.endswith("BadHttpMessage (2 more from this peer suppressed)")
     assert "s3cr3t" not in caplog.text
+
+
+# requests handed straight to fixed-path routes ----------------------------------------------
+
+
+async def _answer(request: web.Request) -> web.Response:
+    """What aiohttp's own route resolution gives a handler, echoed."""
+    info = request.match_info
+    route = f"{info.route.method} {info.route.resource.canonical if info.route.resource else ''}"
+    return web.json_response(
+        {"route": route, "match": dict(info), "same_app": request.app is info.apps[0]}
+    )
+
+
+def _routed_app(middlewares: tuple[object, ...] = ()) -> web.Application:
+    app = web.Application(middlewares=middlewares)  # type: ignore[arg-type]
+    app.router.add_get("/fixed", _answer)
+    app.router.add_get("/fixed/", _answer)
+    app.router.add_put("/fixed", _answer)
+    app.router.add_get("/items/{name}", _answer)
+    app.router.add_route("*", "/any", _answer)
+
+    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Prepared"] = "yes"
+
+    app.on_response_prepare.append(stamp)
+    app.freeze()
+    return app
+
+
+async def test_direct_routes_are_what_aiohttp_resolves_for_each_fixed_path() -> None:
+    app = _routed_app()
+    direct = direct_routes(app)
+    # GET adds HEAD; the dynamic route and the any-method route are left to aiohttp.
+    assert sorted(direct) == [("GET", "/fixed"), ("GET", "/fixed/"), ("HEAD", "/fixed"),
+                              ("HEAD", "/fixed/"), ("PUT", "/fixed")]  # fmt: skip
+    for (method, path), found in direct.items():
+        resolved = await app.router.resolve(make_mocked_request(method, path, app=app))
+        assert found.match_info.route is resolved.route
+        assert found.handler is resolved.handler
+        assert found.match_info.apps == (app,)
+
+
+def test_an_app_with_middleware_gets_no_direct_routes() -> None:
+    @web.middleware
+    async def passthrough(request: web.Request, handler: object) -> web.StreamResponse:
+        return await handler(request)  # type: ignore[operator, no-any-return]
+
+    assert direct_routes(_routed_app((passthrough,))) == {}
+
+
+async def test_requests_answered_directly_or_not_see_what_aiohttp_would_set() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    app = _routed_app()
+    resolved: list[str] = []  # paths aiohttp's router resolved: those not answered directly
+    resolve = app.router.resolve
+
+    async def counted(request: web.Request) -> web.UrlMappingMatchInfo:
+        resolved.append(request.path)
+        return await resolve(request)
+
+    app.router.resolve = counted  # type: ignore[method-assign]
+    async with serving(app, sock), ClientSession() as client:
+        cases = [("GET", "/fixed", {}, 200, "GET /fixed", {}),
+                 ("GET", "/fixed/", {}, 200, "GET /fixed/", {}),
+                 ("PUT", "/fixed", {}, 200, "PUT /fixed", {}),
+                 ("GET", "/fixed", {"Expect": "100-continue"}, 200, "GET /fixed", {}),
+                 ("GET", "/items/a%20b", {}, 200, "GET /items/{name}", {"name": "a b"}),
+                 ("POST", "/any", {}, 200, "* /any", {})]  # fmt: skip
+        for method, path, headers, status, route, match in cases:
+            async with client.request(method, url + path, headers=headers) as response:
+                assert response.status == status, (method, path)
+                assert response.headers["X-Prepared"] == "yes"  # the app's prepare signal ran
+                assert await response.json() == {"route": route, "match": match,
+                                                 "same_app": True}  # fmt: skip
+        async with client.head(url + "/fixed") as response:
+            assert response.status == 200
+        for method, path, status in [("DELETE", "/fixed", 405), ("GET", "/nothing", 404)]:
+            async with client.request(method, url + path) as response:
+                assert response.status == status, (method, path)
+    # Only the Expect request, the dynamic and any-method routes and the misses were resolved.
+    assert resolved == ["/fixed", "/items/a b", "/any", "/fixed", "/nothing"]

@@ -210,17 +210,18 @@ class AwsEndpoints:
             return entry
         return web.Response(text=self._role)  # no trailing newline: SDKs use it as the name
 
-    async def _imds_role(self, request: web.Request, kind: _Kind) -> web.Response:
+    def _imds_role(self, request: web.Request, kind: _Kind) -> web.Response:
+        # Not a coroutine: called by the handlers below without a second await layer.
         entry = self._imds_entry(request)
         if isinstance(entry, web.Response):
             return entry
         return self._serve(request, kind, lambda: entry)
 
     async def imds_credentials(self, request: web.Request) -> web.Response:
-        return await self._imds_role(request, "imds")
+        return self._imds_role(request, "imds")
 
     async def imds_extended(self, request: web.Request) -> web.Response:
-        return await self._imds_role(request, "imds_extended")
+        return self._imds_role(request, "imds_extended")
 
     async def imds_info(self, request: web.Request) -> web.Response:
         entry = self._imds_entry(request)

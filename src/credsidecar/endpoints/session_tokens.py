@@ -3,8 +3,10 @@
 A token is `nonce.expiry.mac`, the expiry in milliseconds on this process's monotonic clock and
 the MAC an HMAC-SHA256 under a key that never leaves memory. Validity is one MAC comparison (in
 constant time) and one clock read; a flood of PUTs costs nothing and invalidates no one. Tokens
-already verified are remembered in a small LRU table so the hot path skips the HMAC; losing an
-entry there only means verifying that token again.
+already verified are remembered in a small table so the hot path skips the HMAC (one dict
+lookup); when it is full the entry remembered longest ago goes (first in, first out: no
+bookkeeping on a hit, unlike an LRU), and losing an entry only means verifying that token
+again.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import secrets
 import time
 from collections.abc import Callable
 
-from cachetools import LRUCache
-
 __all__ = ["SessionTokens"]
 
 VERIFIED_TOKENS = 1024
@@ -27,7 +27,7 @@ class SessionTokens:
     def __init__(self, mono: Callable[[], float] = time.monotonic) -> None:
         self._key = secrets.token_bytes(32)
         self._mono = mono
-        self._verified: LRUCache[str, int] = LRUCache(VERIFIED_TOKENS)
+        self._verified: dict[str, int] = {}  # token -> expiry (ms), in insertion order
 
     def _mac(self, body: str) -> str:
         digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
@@ -50,5 +50,7 @@ class SessionTokens:
                 mac.encode(), self._mac(body).encode()
             ):
                 return False
+            if len(self._verified) >= VERIFIED_TOKENS:
+                del self._verified[next(iter(self._verified))]  # the first remembered
             expiry = self._verified[token] = int(digits)
         return expiry > self._mono() * 1000
