@@ -64,3 +64,45 @@ def test_api_key_digest_matches_only_that_key(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_issuer_url_warning(url: str, warns: bool) -> None:
     assert (issuer_url_warning(url) is not None) is warns
+
+
+def test_store_workers_and_rate_limits(tmp_path: Path) -> None:
+    default = load_config(write(tmp_path, 'issuer_url = "https://x"\n'))
+    assert default.store.url is None and not default.store.postgres
+    assert default.workers == 1
+    assert default.platform_key_rate is None and default.run_rate is None
+    config = load_config(
+        write(
+            tmp_path,
+            'issuer_url = "https://x"\nworkers = "auto"\n'
+            '[store]\nurl = "postgresql://cs@db.example:5432/credsidecar"\n'
+            'password_env = "CS_DB_PASSWORD"\npool_size = 4\ntimeout = 2\n'
+            "[rate_limits]\nper_platform_key = { rate = 200, burst = 400 }\n"
+            "per_run = { rate = 2.5 }\n",
+        )
+    )
+    assert config.store.postgres and config.store.pool_size == 4 and config.store.timeout == 2.0
+    assert config.store.password_env == "CS_DB_PASSWORD"
+    assert config.workers == 0  # one per core
+    assert config.platform_key_rate is not None and config.platform_key_rate.burst == 400
+    assert config.run_rate is not None and (config.run_rate.rate, config.run_rate.burst) == (2.5, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[store]\nurl = "mysql://db/x"\n', "postgresql:// URL"),
+        ('[store]\nurl = "postgresql://u:secret@db/x"\n', "must not hold a password"),
+        ("[store]\npool_size = 0\n", "pool_size"),
+        ("[store]\nhost = 1\n", "'host' is not a known [store] setting"),
+        ("workers = 0\n", "workers must be an integer"),
+        ("[rate_limits]\nper_run = 5\n", "per_run must be"),
+        ("[rate_limits]\nper_run = { rate = -1 }\n", "positive number"),
+        ("[rate_limits]\nper_user = { rate = 1 }\n", "'per_user' is not a known"),
+    ],
+)
+def test_invalid_store_workers_and_rate_limits(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, 'issuer_url = "https://x"\n' + text))
+    assert fragment in info.value.message
+    assert "secret" not in info.value.message

@@ -21,7 +21,15 @@ from credsidecar.errors import ConfigError
 from credsidecar.issuer.keys import ALGORITHMS
 from credsidecar.issuer.toml_errors import line_of, syntax_error_line
 
-__all__ = ["IssuerConfig", "PlatformKey", "issuer_url_warning", "load_config", "new_api_key"]
+__all__ = [
+    "IssuerConfig",
+    "PlatformKey",
+    "RateLimit",
+    "StoreConfig",
+    "issuer_url_warning",
+    "load_config",
+    "new_api_key",
+]
 
 DEFAULT_LAUNCH_LIFETIME = 24 * 3600
 DEFAULT_MAX_LAUNCH_LIFETIME = 72 * 3600
@@ -31,6 +39,34 @@ DEFAULT_SSH_CERTIFICATE_LIFETIME = 900  # 15 minutes: enough to log in and submi
 DEFAULT_MAX_BODY = 64 * 1024
 API_KEY_PREFIX = "csk_"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+DEFAULT_POOL_SIZE = 10
+DEFAULT_DB_TIMEOUT = 5.0  # seconds: connect, and waiting for a pooled connection
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """`[store]`: where the issuer keeps its state. No `url` (the default): one SQLite file in
+    `state_dir`, for one node and for `dev`. A `postgresql://` URL: a database shared by every
+    worker and replica; its password comes from `password_env` (or a libpq PGPASSFILE), never
+    from the URL or this file, so it reaches no process list or log."""
+
+    url: str | None = None
+    password_env: str | None = None
+    pool_size: int = DEFAULT_POOL_SIZE
+    timeout: float = DEFAULT_DB_TIMEOUT
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `rate` requests a second on average, bursts of up to `burst`."""
+
+    rate: float
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -63,6 +99,12 @@ class IssuerConfig:
     ssh_certificate_lifetime: int = DEFAULT_SSH_CERTIFICATE_LIFETIME
     kek_file: Path | None = None
     kek_env: str | None = "CREDSIDECAR_HPC_KEK"
+    store: StoreConfig = StoreConfig()
+    # Worker processes sharing the listening socket (signing is CPU-bound); 0 = one per core.
+    workers: int = 1
+    # `[rate_limits]`: per platform key (mint and exchange) and per run (exchange); None: off.
+    platform_key_rate: RateLimit | None = None
+    run_rate: RateLimit | None = None
 
     @property
     def key_dir(self) -> Path:
@@ -98,6 +140,81 @@ def _int(data: Mapping[str, Any], key: str, default: int, low: int, high: int) -
     return value
 
 
+def _table(data: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table", path=(name,))
+    for key in table:
+        if key not in keys:
+            raise ConfigError(
+                f"{key!r} is not a known [{name}] setting (known: {', '.join(keys)})",
+                path=(name, key),
+            )
+    return table
+
+
+def _store(data: Mapping[str, Any]) -> StoreConfig:
+    table = _table(data, "store", ("url", "password_env", "pool_size", "timeout"))
+    url = table.get("url")
+    if url is not None:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigError(
+                "[store] url must be a postgresql:// URL (leave it out for the SQLite file "
+                "in state_dir)",
+                path=("store", "url"),
+            )
+        if parts.password:
+            raise ConfigError(
+                "[store] url must not hold a password: put it in the variable named by "
+                "password_env (or a PGPASSFILE), so it never reaches a file or process list",
+                path=("store", "url"),
+            )
+    password_env = table.get("password_env")
+    if password_env is not None and (not isinstance(password_env, str) or not password_env):
+        raise ConfigError("[store] password_env must be a variable name", path=("store",))
+    timeout = table.get("timeout", DEFAULT_DB_TIMEOUT)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0.1 <= timeout <= 60
+    ):
+        raise ConfigError("[store] timeout must be 0.1-60 seconds", path=("store", "timeout"))
+    return StoreConfig(
+        url=url,
+        password_env=password_env,
+        pool_size=_int(table, "pool_size", DEFAULT_POOL_SIZE, 1, 200),
+        timeout=float(timeout),
+    )
+
+
+def _workers(data: Mapping[str, Any]) -> int:
+    """`workers = N`, or "auto" (0): one per core."""
+    if data.get("workers") == "auto":
+        return 0
+    return _int(data, "workers", 1, 1, MAX_WORKERS)
+
+
+def _rate(table: Mapping[str, Any], key: str) -> RateLimit | None:
+    """`per_run = { rate = 20, burst = 60 }`; absent: no limit."""
+    spec = table.get(key)
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or set(spec) - {"rate", "burst"} or "rate" not in spec:
+        raise ConfigError(
+            f"[rate_limits] {key} must be {{ rate = REQUESTS_PER_SECOND, burst = N }}",
+            path=("rate_limits", key),
+        )
+    rate = spec["rate"]
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1_000_000:
+        raise ConfigError(
+            f"[rate_limits] {key} rate must be a positive number of requests a second",
+            path=("rate_limits", key),
+        )
+    burst = _int(spec, "burst", max(1, int(rate)), 1, 10_000_000)
+    return RateLimit(rate=float(rate), burst=burst)
+
+
 def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
     known = {
         "issuer_url",
@@ -113,6 +230,9 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
         "audit_log",
         "platform_keys",
         "hpc",
+        "store",
+        "workers",
+        "rate_limits",
     }
     for key in data:
         if key not in known:
@@ -167,7 +287,12 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
     kek_env = hpc.get("key_encryption_key_env", "CREDSIDECAR_HPC_KEK")
     if not isinstance(kek_env, str):
         raise ConfigError("key_encryption_key_env must be a variable name", path=("hpc",))
+    rates = _table(data, "rate_limits", ("per_platform_key", "per_run"))
     return IssuerConfig(
+        store=_store(data),
+        workers=_workers(data),
+        platform_key_rate=_rate(rates, "per_platform_key"),
+        run_rate=_rate(rates, "per_run"),
         issuer_url=url,
         host=host.strip("[]"),
         port=int(port_text),
