@@ -410,3 +410,35 @@ async def test_a_failed_first_fetch_is_forgotten_so_the_next_request_tries_again
     assert "key" not in family
     assert (await family.get("key")).value.serial == 2
     await family.close()
+
+
+async def test_get_now_answers_without_waiting_only_once_a_key_is_kept_fresh() -> None:
+    world = World()
+    world.manual = True
+    world.gate = asyncio.Event()
+    family = world.family()
+    assert family.get_now("key") is None  # new: nothing started, nothing fetched
+    assert world.fetched_keys == []
+    first = asyncio.create_task(family.get("key"))
+    await settle()
+    assert family.get_now("key") is None  # first fetch under way: `get` awaits it
+    world.gate.set()
+    entry = await first
+    now = family.get_now("key")
+    assert now is not None and now.generation == entry.generation
+    assert world.fetched_keys == ["key"]  # get_now fetched nothing itself
+    await family.close()
+
+
+async def test_get_now_raises_the_same_error_as_get_once_nothing_valid_is_left() -> None:
+    world = World(lifetime=100)
+    world.manual = True
+    family = world.family()
+    await family.get("key")
+    world.failures = [Forbidden("run revoked")] * 50
+    await world.advance(150)  # renewal refused and the value expired
+    with pytest.raises(Forbidden, match="run revoked"):
+        family.get_now("key")
+    with pytest.raises(Forbidden, match="run revoked"):
+        await family.get("key")
+    await family.close()

@@ -165,7 +165,9 @@ class AzureEndpoints:
             return identity
         key = resource_key(resource)
         try:
-            entry = await self._tokens.get((identity.name, key))
+            entry = self._tokens.get_now((identity.name, key)) or await self._tokens.get(
+                (identity.name, key)
+            )
         except CredsidecarError as exc:
             return _failure(exc)
         self._audit_served(identity, key, entry, path)

@@ -245,7 +245,7 @@ class GcpEndpoints:
             except BadRequest as exc:
                 return _text(f"{exc.message}\n", 400)
         try:
-            entry = await self._tokens.get(scopes)
+            entry = self._tokens.get_now(scopes) or await self._tokens.get(scopes)
         except CredsidecarError as exc:
             return _error(exc)
         self._audit_served("access_token", scopes, entry, request.path)
@@ -271,7 +271,7 @@ class GcpEndpoints:
         if len(audience) > MAX_AUDIENCE_LENGTH:
             return _text(f"audience is longer than {MAX_AUDIENCE_LENGTH} characters\n", 400)
         try:
-            entry = await self._id_tokens.get(audience)
+            entry = self._id_tokens.get_now(audience) or await self._id_tokens.get(audience)
         except CredsidecarError as exc:
             return _error(exc)
         self._audit_served("id_token", audience, entry, request.path)
