@@ -10,6 +10,8 @@ import pytest
 from blockbuster import blockbuster_ctx
 
 from tests.support.clock import FakeClock
+from tests.support.postgres import postgres_cluster as postgres_cluster  # fixture
+from tests.support.postgres import postgres_url as postgres_url  # fixture
 
 # Variables from the developer's machine that would change what SDKs or the sidecar do.
 _LEAKY_PREFIXES = ("AWS_", "GOOGLE_", "GCE_", "AZURE_", "IDENTITY_", "MSI_", "CREDSIDECAR_")

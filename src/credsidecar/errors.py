@@ -9,6 +9,7 @@
     ├── NotFound                404 not_found
     ├── PayloadTooLarge         413 request_too_large
     ├── LimitExceeded           422 limit_exceeded: a cloud limit would be broken by what we sign
+    ├── RateLimited             429 rate_limited: a platform key or run is over its rate limit
     ├── Unavailable             503 temporarily_unavailable: retryable upstream or local trouble
     ├── HpcApiError             the issuer's HPC API refused a call (`hpc` commands): its HTTP
     │                           status; retryable for 5xx, 408 and 429
@@ -39,6 +40,7 @@ __all__ = [
     "LimitExceeded",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimited",
     "Unauthorized",
     "Unavailable",
     "answer_status",
@@ -116,6 +118,19 @@ class PayloadTooLarge(CredsidecarError):
 class LimitExceeded(CredsidecarError):
     status = 422
     code = "limit_exceeded"
+
+
+class RateLimited(CredsidecarError):
+    """A platform key or run made requests faster than the issuer's `[rate_limits]` allow;
+    `retry_after` (whole seconds, >= 1) is when its bucket holds a request again."""
+
+    status = 429
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
 
 
 class Unavailable(CredsidecarError):

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from credsidecar.errors import ConfigError
-from credsidecar.issuer.config import issuer_url_warning, load_config, new_api_key
+from credsidecar.issuer.config import (
+    DEFAULT_PLATFORM_KEY_RATE,
+    DEFAULT_RUN_RATE,
+    issuer_url_warning,
+    load_config,
+    new_api_key,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -70,7 +76,8 @@ def test_store_workers_and_rate_limits(tmp_path: Path) -> None:
     default = load_config(write(tmp_path, 'issuer_url = "https://x"\n'))
     assert default.store.url is None and not default.store.postgres
     assert default.workers == 1
-    assert default.platform_key_rate is None and default.run_rate is None
+    assert default.platform_key_rate == DEFAULT_PLATFORM_KEY_RATE
+    assert default.run_rate == DEFAULT_RUN_RATE
     config = load_config(
         write(
             tmp_path,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncssh
@@ -98,3 +100,19 @@ def test_a_private_key_sent_as_the_public_key_is_refused_as_leaked(
     assert "treat this key as leaked" in message
     body = "".join(private_key.strip().splitlines()[1:-1])
     assert body[:24] not in message and "BEGIN" not in message  # the key is never echoed
+
+
+def test_workers_creating_the_ca_at_once_all_get_the_same_whole_key(tmp_path: Path) -> None:
+    # Separate instances (as separate worker processes would be), started together.
+    start = threading.Barrier(8)
+
+    def first_use() -> str:
+        ca = SshCa(tmp_path)
+        start.wait()
+        return ca.public_key_line()
+
+    with ThreadPoolExecutor(8) as pool:
+        lines = list(pool.map(lambda _: first_use(), range(8)))
+    assert len(set(lines)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ssh-ca"]  # no temporary file left
+    assert (tmp_path / "ssh-ca").stat().st_mode & 0o777 == 0o600

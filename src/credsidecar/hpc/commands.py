@@ -285,10 +285,10 @@ async def _status(args: argparse.Namespace, session: aiohttp.ClientSession) -> i
 async def _ca_public_key(args: argparse.Namespace, session: aiohttp.ClientSession) -> int:
     if args.config:
         from credsidecar.issuer.config import load_config
-        from credsidecar.issuer.ssh_ca import SshCa
+        from credsidecar.issuer.ssh_ca import configured_ca_public_key
 
         config = load_config(Path(args.config))
-        print(SshCa(config.key_dir).public_key_line())
+        print(configured_ca_public_key(config))  # from the shared store with PostgreSQL
         return 0
     from credsidecar.hpc.api import HpcApi
 

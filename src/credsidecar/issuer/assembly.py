@@ -28,6 +28,7 @@ from credsidecar.issuer.hpc_service import HpcService
 from credsidecar.issuer.keys import KeyRing
 from credsidecar.issuer.policy import Policy
 from credsidecar.issuer.policy_watch import PolicyHolder
+from credsidecar.issuer.rate_limits import rate_limiter
 from credsidecar.issuer.sealing import Sealer, load_kek
 from credsidecar.issuer.service import IssuerService
 from credsidecar.issuer.ssh_ca import SshCa
@@ -73,12 +74,21 @@ def assemble(
     policy_holder: PolicyHolder,
     audit: AuditLog,
     clock: Callable[[], float] = time.time,
+    *,
+    share: int = 1,
+    mono: Callable[[], float] = time.monotonic,
 ) -> Issuer:
-    """Builds the services; raises ConfigError for a bad key-encryption key."""
+    """Builds the services; raises ConfigError for a bad key-encryption key.
+
+    `share`: the worker processes serving this node, among which `[rate_limits]` are divided;
+    `mono`: the rate limits' monotonic clock."""
     kek = load_kek(config.kek_file, config.kek_env)
     sealer = Sealer(kek) if kek else None
-    tokens = IssuerService(config, store, keys, policy_holder, audit, clock)
-    registry, ca = HpcRegistry(store), SshCa(config.key_dir)
+    limiter = rate_limiter(config, share=share, clock=mono, audit=audit)
+    tokens = IssuerService(config, store, keys, policy_holder, audit, clock, limiter)
+    # One CA for every replica: sealed in a shared store (PostgreSQL), a file otherwise.
+    shared = store if store.dialect == "postgres" else None
+    registry, ca = HpcRegistry(store), SshCa(config.key_dir, store=shared, sealer=sealer)
     hpc = HpcService(
         policy=policy_holder, store=store, registry=registry, audit=audit, ca=ca, sealer=sealer
     )

@@ -7,6 +7,7 @@ credsidecar issuer status            users x providers identity table (and HPC's
 credsidecar issuer explain           which identities a launch would get per provider, and why
 credsidecar issuer new-api-key       a platform API key and its digest for the config
 credsidecar issuer revoke-run        revoke a run; disable-user / enable-user
+credsidecar issuer migrate           apply the database's schema migrations (serve does too)
 credsidecar issuer new-user-key      a member API key; revoke-user-key; new-kek: key-encryption key
 credsidecar token mint               mint a launch token locally (admins, development)
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,12 +45,33 @@ def _issuer(args: argparse.Namespace) -> Iterator[Issuer]:
 
 def _cmd_issuer_serve(args: argparse.Namespace) -> int:
     import asyncio
+    import dataclasses
 
     from credsidecar.issuer.config import load_config
     from credsidecar.issuer.runner import serve
 
-    asyncio.run(serve(load_config(Path(args.config))))
+    config = load_config(Path(args.config))
+    if getattr(args, "workers", None) is not None:
+        config = dataclasses.replace(config, workers=args.workers)
+    asyncio.run(serve(config))
     return 0
+
+
+def _workers(text: str) -> int:
+    """`--workers N|auto` (auto: 0, one per core), as `workers` in the config."""
+    from credsidecar.issuer.config import MAX_WORKERS
+
+    if text == "auto":
+        return 0
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"give a number of processes, 1-{MAX_WORKERS}, or auto")
+    return int(text)
+
+
+def _with_workers(p: argparse.ArgumentParser, default: Any = None) -> None:
+    p.add_argument("--workers", type=_workers, default=default, metavar="N|auto",
+                   help="worker processes on the one listening socket (default: `workers` in "
+                   "the config, else 1; auto: one per core)")  # fmt: skip
 
 
 def _cmd_export_discovery(args: argparse.Namespace) -> int:
@@ -70,7 +93,14 @@ def _cmd_rotate_key(args: argparse.Namespace) -> int:
     with _issuer(args) as issuer:
         kid = issuer.tokens.rotate_key(stage=args.stage)
         records = issuer.keys.records
-    verb = "staged (published, not yet signing)" if args.stage else "active"
+    (new,) = [r for r in records if r.kid == kid]
+    if new.state == "active":
+        verb = "active"
+    elif new.activate_at is None:
+        verb = "staged (published, not yet signing)"
+    else:  # keys.PUBLISH_DELAY: every replica publishes it before any signs with it
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(new.activate_at))
+        verb = f"published; it signs from {when}, once every replica publishes it"
     print(f"key {kid} is now {verb}")
     for record in records:
         print(f"  {record.kid}  {record.alg}  {record.state}")
@@ -151,6 +181,26 @@ def _cmd_revoke_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from credsidecar.issuer.config import load_config
+    from credsidecar.issuer.store import migrate, open_store
+    from credsidecar.issuer.store.migrations import latest_version
+
+    config = load_config(Path(args.config))
+    if not config.store.postgres:  # the SQLite file's directory, as serving makes it
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        config.state_dir.chmod(0o700)
+    store = open_store(config, migrate=False)
+    try:
+        applied = migrate(store)
+    finally:
+        store.close()
+    if applied:
+        print(f"applied schema version(s) {', '.join(map(str, applied))} to {store.name}")
+    print(f"{store.name} is at schema version {latest_version()}")
+    return 0
+
+
 def _toggle_user(disabled: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         with _issuer(args) as issuer:
@@ -225,8 +275,10 @@ def _add_issuer_parser(commands: Any) -> None:
     )
     issuer.set_defaults(func=_cmd_issuer_serve)
     issuer.add_argument("--config", help="issuer config file (TOML), for serving")
+    _with_workers(issuer)
     sub = issuer.add_subparsers(dest="issuer_command", metavar="ACTION")
     p = _with_config(sub.add_parser("serve", help="serve the issuer (the default action)"))
+    _with_workers(p, argparse.SUPPRESS)  # `issuer --workers 2 serve` keeps its 2
     p.set_defaults(func=_cmd_issuer_serve)
     p = _with_config(sub.add_parser("export-discovery", help="write discovery + JWKS files"))
     p.add_argument("directory", help="output directory (its .well-known/ goes to a public bucket)")
@@ -274,6 +326,8 @@ def _add_issuer_parser(commands: Any) -> None:
     p.add_argument("run")
     p.add_argument("--reason")
     p.set_defaults(func=_cmd_revoke_run)
+    p = _with_config(sub.add_parser("migrate", help="bring the database schema up to date"))
+    p.set_defaults(func=_cmd_migrate)
     for name, disabled in (("disable-user", True), ("enable-user", False)):
         p = _with_config(sub.add_parser(name, help=f"{name.split('-')[0]} a user's launches"))
         p.add_argument("user")

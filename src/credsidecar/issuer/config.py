@@ -69,6 +69,17 @@ class RateLimit:
     burst: int
 
 
+# On by default (`= "off"` turns one off). Per platform key, on mint: a platform mints once per
+# run, so 500 launches at once and 50 a second sustained are far above any platform's need,
+# while a runaway mint loop is held to ~10% of a node's signing. Per run, on mint and exchange:
+# a 10,000-task run starting on three clouds makes 30,000 exchanges at once, within the burst
+# (with a third to spare for retries) however fast they arrive; renewing, it makes ~17 a second
+# (each credential renewed every ~30 min), so 100 a second leaves room for a run 5x larger while
+# holding one runaway run (or a job hammering with its launch token) to ~20% of a node.
+DEFAULT_PLATFORM_KEY_RATE = RateLimit(rate=50.0, burst=500)
+DEFAULT_RUN_RATE = RateLimit(rate=100.0, burst=40_000)
+
+
 @dataclass(frozen=True)
 class PlatformKey:
     name: str
@@ -102,9 +113,9 @@ class IssuerConfig:
     store: StoreConfig = StoreConfig()
     # Worker processes sharing the listening socket (signing is CPU-bound); 0 = one per core.
     workers: int = 1
-    # `[rate_limits]`: per platform key (mint and exchange) and per run (exchange); None: off.
-    platform_key_rate: RateLimit | None = None
-    run_rate: RateLimit | None = None
+    # `[rate_limits]`: per platform key (mint) and per run (mint and exchange); None: off.
+    platform_key_rate: RateLimit | None = DEFAULT_PLATFORM_KEY_RATE
+    run_rate: RateLimit | None = DEFAULT_RUN_RATE
 
     @property
     def key_dir(self) -> Path:
@@ -195,14 +206,16 @@ def _workers(data: Mapping[str, Any]) -> int:
     return _int(data, "workers", 1, 1, MAX_WORKERS)
 
 
-def _rate(table: Mapping[str, Any], key: str) -> RateLimit | None:
-    """`per_run = { rate = 20, burst = 60 }`; absent: no limit."""
+def _rate(table: Mapping[str, Any], key: str, default: RateLimit) -> RateLimit | None:
+    """`per_run = { rate = 20, burst = 60 }`; absent: `default`; "off": no limit."""
     spec = table.get(key)
     if spec is None:
+        return default
+    if spec == "off":
         return None
     if not isinstance(spec, dict) or set(spec) - {"rate", "burst"} or "rate" not in spec:
         raise ConfigError(
-            f"[rate_limits] {key} must be {{ rate = REQUESTS_PER_SECOND, burst = N }}",
+            f'[rate_limits] {key} must be {{ rate = REQUESTS_PER_SECOND, burst = N }} or "off"',
             path=("rate_limits", key),
         )
     rate = spec["rate"]
@@ -291,8 +304,8 @@ def _parse(data: Mapping[str, Any], base: Path) -> IssuerConfig:
     return IssuerConfig(
         store=_store(data),
         workers=_workers(data),
-        platform_key_rate=_rate(rates, "per_platform_key"),
-        run_rate=_rate(rates, "per_run"),
+        platform_key_rate=_rate(rates, "per_platform_key", DEFAULT_PLATFORM_KEY_RATE),
+        run_rate=_rate(rates, "per_run", DEFAULT_RUN_RATE),
         issuer_url=url,
         host=host.strip("[]"),
         port=int(port_text),

@@ -1,5 +1,5 @@
 """The HPC registry: clusters (managed by organization owners) and members' stored SSH
-credentials (each managed by its member only), in the issuer's SQLite store.
+credentials (each managed by its member only), in the issuer's store (SQLite or PostgreSQL).
 
 A cluster says how to reach its login node (host, port, scheduler), how the host is verified
 (a host CA key, or pinned host keys; never trust on first use) and how members log in:
@@ -44,30 +44,7 @@ CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LINUX_USER = LINUX_USERNAME  # one pattern for the policy, the registry and the launch token
 HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]|[0-9a-fA-F:]+")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hpc_clusters (
-    name        TEXT PRIMARY KEY,
-    settings    TEXT NOT NULL,            -- JSON: scheduler, host, port, mode, host keys, usernames
-    updated_at  INTEGER NOT NULL,
-    updated_by  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS hpc_credentials (
-    cluster     TEXT NOT NULL REFERENCES hpc_clusters(name) ON DELETE CASCADE,
-    user_id     TEXT NOT NULL,
-    username    TEXT NOT NULL,
-    public_key  TEXT NOT NULL,
-    private_key BLOB NOT NULL,            -- sealed
-    passphrase  BLOB,                     -- sealed, or NULL for an unencrypted key
-    updated_at  INTEGER NOT NULL,
-    PRIMARY KEY (cluster, user_id)
-);
-CREATE TABLE IF NOT EXISTS user_keys (
-    sha256      TEXT PRIMARY KEY,         -- of the member's API key; the key is never stored
-    user_id     TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    created_at  INTEGER NOT NULL
-);
-"""
+# Its tables are created by the store's migrations (store/migrations.py, version 1).
 
 
 @dataclass(frozen=True)
@@ -210,8 +187,6 @@ def parse_cluster(
 class HpcRegistry:
     def __init__(self, store: Store) -> None:
         self._store = store
-        store.execute("PRAGMA foreign_keys = ON")
-        store.ensure_schema(_SCHEMA)
 
     # clusters --------------------------------------------------------------------------------
 
@@ -249,8 +224,8 @@ class HpcRegistry:
         settings = json.dumps(cluster.settings(), sort_keys=True)
         if create:
             changed = self._store.execute(
-                "INSERT OR IGNORE INTO hpc_clusters (name, settings, updated_at, updated_by) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO hpc_clusters (name, settings, updated_at, updated_by) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
                 (cluster.name, settings, now, by),
             )
             if not changed:
@@ -304,8 +279,11 @@ class HpcRegistry:
         passphrase: bytes | None,
     ) -> None:
         self._store.execute(
-            "INSERT OR REPLACE INTO hpc_credentials (cluster, user_id, username, public_key, "
-            "private_key, passphrase, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO hpc_credentials (cluster, user_id, username, public_key, "
+            "private_key, passphrase, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (cluster, user_id) DO UPDATE SET username = excluded.username, "
+            "public_key = excluded.public_key, private_key = excluded.private_key, "
+            "passphrase = excluded.passphrase, updated_at = excluded.updated_at",
             (cluster, user_id, username, public_key, private_key, passphrase, int(time.time())),
         )
 

@@ -19,28 +19,37 @@ from credsidecar.errors import ConfigError, CredsidecarError
 from credsidecar.issuer.app import create_app
 from credsidecar.issuer.assembly import Issuer, assemble
 from credsidecar.issuer.config import IssuerConfig, issuer_url_warning
-from credsidecar.issuer.keys import KeyRing
+from credsidecar.issuer.keys import open_key_ring
 from credsidecar.issuer.policy_watch import PolicyHolder
-from credsidecar.issuer.store import Store
-from credsidecar.serving import IDLE_TIMEOUT, LimitedSite
+from credsidecar.issuer.store import open_store
+from credsidecar.serving import IDLE_TIMEOUT, ConnectionLimits, LimitedSite
 
-__all__ = ["export_discovery", "open_service", "serve"]
+__all__ = ["export_discovery", "listen_error", "open_service", "serve", "serve_here"]
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def open_service(config: IssuerConfig) -> Iterator[Issuer]:
+def open_service(config: IssuerConfig, *, share: int = 1) -> Iterator[Issuer]:
     """The issuer's state opened and its services composed (a bad key-encryption key fails
-    here, as a ConfigError); closes the database and audit file afterwards."""
+    here, as a ConfigError); closes the database and audit file afterwards. `share`: how many
+    worker processes serve this node (each takes its share of the rate limits)."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
     config.state_dir.chmod(0o700)
     audit = AuditLog.open(config.audit_log)
-    store = Store(config.database)
     try:
-        keys = KeyRing(config.key_dir, store, config.key_algorithm)
-        policy = PolicyHolder(config.policy_path, audit)
-        yield assemble(config, store, keys, policy, audit)
+        store = open_store(config)  # migrates the schema; a database down fails here
+    except BaseException:
+        audit.close()
+        raise
+    try:
+        # Shared through the store, sealed, with PostgreSQL (a KEK is required); files otherwise.
+        keys = open_key_ring(config, store)
+        try:
+            policy = PolicyHolder(config.policy_path, audit)
+            yield assemble(config, store, keys, policy, audit, share=share)
+        finally:
+            keys.close()  # writes the expiries signed since the last refresh
     finally:
         store.close()
         audit.close()
@@ -81,6 +90,15 @@ def _tls_context(config: IssuerConfig) -> ssl.SSLContext | None:
     return context
 
 
+def listen_error(config: IssuerConfig, exc: OSError) -> ConfigError:
+    """What an issuer that cannot listen on its address says (one worker or a supervisor)."""
+    return ConfigError(
+        f"the issuer cannot listen on {config.host}:{config.port}: "
+        f"{exc.strerror or exc}; stop what holds that address (`ss -ltnp` shows it) or "
+        "set another `listen = HOST:PORT` in the issuer's config"
+    )
+
+
 async def serve(
     config: IssuerConfig,
     ready: asyncio.Event | None = None,
@@ -89,34 +107,70 @@ async def serve(
 ) -> None:
     """Runs the issuer until SIGTERM/SIGINT (or `stop` is set); SIGHUP reloads policy and keys.
 
-    `sock`, already bound (credsidecar.listen), is listened on instead of `config.listen`."""
+    `sock`, already bound (credsidecar.listen), is listened on instead of `config.listen`.
+    With `workers` other than 1 in the config, a supervisor runs that many worker processes
+    on the one listening socket (workers.py); one worker is this process."""
+    if config.workers != 1:
+        # Imported here: the one-worker path loads nothing of it.
+        from credsidecar.issuer.workers import supervise, worker_count
+
+        count = worker_count(config.workers)
+        if count > 1:
+            await supervise(config, count, ready=ready, stop=stop, sock=sock)
+            return
+    await serve_here(config, ready, stop, [sock] if sock is not None else None)
+
+
+async def serve_here(
+    config: IssuerConfig,
+    ready: asyncio.Event | None,
+    stop: asyncio.Event | None,
+    socks: list[socket.socket] | None,
+    *,
+    worker: int | None = None,
+    share: int = 1,
+) -> None:
+    """The issuer in this process, on `socks` (bound) or `config.listen`. As `worker` N of
+    `share` under a supervisor (workers.py): SIGINT is left to the supervisor, responses name
+    the worker, readiness is logged per worker (the supervisor logs "listening on" once all
+    serve) and each worker's rate-limit buckets hold its share of the configured rates."""
     warning = issuer_url_warning(config.issuer_url)
-    if warning:
+    if warning and worker is None:  # a supervisor says it once, not each worker
         log.warning("%s", warning)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    with open_service(config) as service:
+    with open_service(config, share=share) as service:
         app = create_app(service)
+        if worker is not None:
+            from credsidecar.issuer.workers import WORKER_HEADER
+
+            async def name_worker(request: web.Request, response: web.StreamResponse) -> None:
+                response.headers[WORKER_HEADER] = str(worker)
+
+            app.on_response_prepare.append(name_worker)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_TIMEOUT
         )
         await runner.setup()
         # Connection cap, idle and header-read timeouts, malformed requests logged quietly.
         tls = _tls_context(config)
-        if sock is not None:
-            site = LimitedSite(runner, sock, ssl_context=tls)
+        # Workers share one accept queue: one that took a whole batch at each wake-up would
+        # take every connection of a burst (16 keep-alive clients, a load balancer's pool) and
+        # keep them while the others idle. One a turn, a busy worker comes back later than an
+        # idle one, which so takes more: the load spreads (nginx's `multi_accept off`).
+        limits = ConnectionLimits(accept_batch=1) if worker is not None else None
+        if socks:
+            sites = [LimitedSite(runner, sock, ssl_context=tls, limits=limits) for sock in socks]
         else:
-            site = LimitedSite(runner, host=config.host, port=config.port, ssl_context=tls)
+            sites = [LimitedSite(runner, host=config.host, port=config.port, ssl_context=tls)]
         try:
-            await site.start()
+            for site in sites:
+                await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise ConfigError(
-                f"the issuer cannot listen on {config.host}:{config.port}: "
-                f"{exc.strerror or exc}; stop what holds that address (`ss -ltnp` shows it) or "
-                "set another `listen = HOST:PORT` in the issuer's config"
-            ) from exc
-        for sig in (signal.SIGTERM, signal.SIGINT):
+            raise listen_error(config, exc) from exc
+        signals = (signal.SIGTERM,) if worker is not None else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         reloads: set[asyncio.Task[None]] = set()
 
@@ -127,17 +181,21 @@ async def serve(
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         active = service.keys.active
-        log.info(
-            "issuer %s listening on %s (active key %s)",
-            config.issuer_url,
-            site.name,
-            active.kid if active else "none",
-        )
+        if worker is None:
+            log.info(
+                "issuer %s listening on %s (active key %s)",
+                config.issuer_url,
+                sites[0].name,
+                active.kid if active else "none",
+            )
+        else:
+            log.info("issuer worker %d serving (active key %s)", worker,
+                     active.kid if active else "none")  # fmt: skip
         if ready is not None:
             ready.set()
         try:
             await stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await runner.cleanup()

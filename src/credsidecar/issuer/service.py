@@ -25,6 +25,7 @@ from credsidecar.errors import (
     InvalidGrant,
     InvalidTarget,
     NotFound,
+    RateLimited,
     bounded,
 )
 from credsidecar.issuer.config import IssuerConfig
@@ -40,7 +41,8 @@ from credsidecar.issuer.limits import (
 )
 from credsidecar.issuer.policy import Policy
 from credsidecar.issuer.policy_watch import PolicyHolder
-from credsidecar.issuer.store import Store
+from credsidecar.issuer.rate_limits import RateLimiter
+from credsidecar.issuer.store import Revocation, Store
 from credsidecar.launch.grants import Grants, parse_identity_urn
 
 __all__ = ["ExchangeResult", "IssuerService", "LaunchRequest", "MintResult"]
@@ -81,6 +83,7 @@ class IssuerService:
         policy: PolicyHolder,
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -88,6 +91,8 @@ class IssuerService:
         self.policy_holder = policy
         self.audit = audit
         self._clock = clock
+        # `[rate_limits]`, checked before anything is looked up or signed; None: all off.
+        self.limiter = limiter
         self._launch_tokens = LaunchTokenVerifier(keys, config.issuer_url, clock)
 
     def now(self) -> int:
@@ -131,8 +136,10 @@ class IssuerService:
     # checks shared by mint and exchange --------------------------------------------------------
 
     def check_active(self, user_id: str, run: str) -> None:
-        self.check_user_active(user_id, run)
-        revoked = self.store.run_revocation(run)
+        # One store round trip for both (every mint and exchange asks the store, so a
+        # revocation made through any replica applies at the very next request everywhere).
+        disabled, revoked = self.store.access_status(user_id, run)
+        self._check_user(user_id, run, disabled)
         if revoked is not None:
             why = f" ({bounded(revoked.reason, 200)})" if revoked.reason else ""
             raise Forbidden(
@@ -142,6 +149,9 @@ class IssuerService:
 
     def check_user_active(self, user_id: str, run: str | None = None) -> None:
         """Forbidden unless the policy knows `user_id` and neither it nor an admin disabled them."""
+        self._check_user(user_id, run, self.store.user_disabled(user_id))
+
+    def _check_user(self, user_id: str, run: str | None, disabled: Revocation | None) -> None:
         user = self.policy.user(user_id)
         of_run = f" (run {run!r})" if run else ""
         if user.disabled:
@@ -149,7 +159,6 @@ class IssuerService:
                 f"user {user_id!r}{of_run} is disabled in the identity policy; remove "
                 f"`disabled = true` from their [[users]] entry to let them launch again"
             )
-        disabled = self.store.user_disabled(user_id)
         if disabled is not None:
             why = f" ({bounded(disabled.reason, 200)})" if disabled.reason else ""
             raise Forbidden(
@@ -160,6 +169,8 @@ class IssuerService:
     # mint ---------------------------------------------------------------------------------------
 
     def mint(self, request: LaunchRequest, caller: str) -> MintResult:
+        if self.limiter is not None:  # RateLimited: audited by the limiter, once per window
+            self.limiter.mint(caller, request.run)
         try:
             return self._mint(request, caller)
         except CredsidecarError as exc:
@@ -262,7 +273,11 @@ class IssuerService:
         claims: dict[str, Any] = {}
         try:
             claims = self._verify_exchange_request(form)
+            if self.limiter is not None:  # keyed on the verified run, never on garbage
+                self.limiter.exchange(str(claims["run"]))
             return self._exchange(claims, form)
+        except RateLimited:
+            raise  # audited by the limiter once per run and window, not once per refusal
         except CredsidecarError as exc:
             self.audit.event(
                 "token.exchange_refused",

@@ -1,8 +1,10 @@
 """The SSH certificate authority: signs short-lived OpenSSH user certificates for launches.
 
 The CA key (Ed25519) is created on first use as `keys/ssh-ca` (mode 0600, O_EXCL) beside the
-JWT signing keys. A cluster admin trusts it with `TrustedUserCAKeys`; `credsidecar hpc
-ca-public-key` prints the line to add.
+JWT signing keys. With a shared store (PostgreSQL, several replicas) it lives in the store's
+`secrets` table instead, sealed with the key-encryption key: the first replica to start creates
+it (the first writer wins) and every replica signs with the same CA. A cluster admin trusts it
+with `TrustedUserCAKeys`; `credsidecar hpc ca-public-key` prints the line to add.
 
 What a certificate carries, and why:
 - principals: exactly one, the user's Linux username on that cluster. Never empty: sshd takes an
@@ -17,18 +19,32 @@ What a certificate carries, and why:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncssh
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from credsidecar.errors import BadRequest
+from credsidecar.errors import BadRequest, ConfigError
+from credsidecar.issuer.sealing import Sealer, SealingError
 
-__all__ = ["CLOCK_SKEW", "SignedCertificate", "SshCa", "refuse_private_key"]
+if TYPE_CHECKING:
+    from credsidecar.issuer.config import IssuerConfig
+    from credsidecar.issuer.store import Store
+
+__all__ = [
+    "CLOCK_SKEW",
+    "SignedCertificate",
+    "SshCa",
+    "configured_ca_public_key",
+    "refuse_private_key",
+]
 
 # The armour line that opens any private key: PEM (PKCS#1, SEC1, PKCS#8, encrypted PKCS#8), the
 # OpenSSH format and RFC 4716's four-dash form; asyncssh would import any of them as a public
@@ -44,6 +60,8 @@ ACCEPTED_KEY_TYPES = (
     b"ssh-rsa",
 )
 MIN_RSA_BITS = 3072
+# The CA key's name in the store's `secrets` table, and the associated data it is sealed under.
+CA_ROW = "ssh-ca"
 
 
 @dataclass(frozen=True)
@@ -58,24 +76,28 @@ class SignedCertificate:
 
 
 class SshCa:
-    def __init__(self, key_dir: Path) -> None:
+    """The CA key from `key_dir/ssh-ca`, or, given a shared `store` and the `sealer`, from the
+    store (read at once, so a wrong key-encryption key fails at start)."""
+
+    def __init__(
+        self, key_dir: Path, *, store: Store | None = None, sealer: Sealer | None = None
+    ) -> None:
         self._path = key_dir / "ssh-ca"
         self._lock = threading.Lock()
         self._key: asyncssh.SSHKey | None = None
+        if store is not None:
+            if sealer is None:
+                raise ConfigError(
+                    "the SSH CA key is kept in the shared issuer database and no key-encryption "
+                    "key is configured; set [hpc] key_encryption_key_file (or its variable)"
+                )
+            self._key = _shared_key(store, sealer)
 
     def _load(self) -> asyncssh.SSHKey:
         with self._lock:
             if self._key is None:
                 if not self._path.exists():
-                    self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    key = asyncssh.generate_private_key("ssh-ed25519", comment="credsidecar CA")
-                    try:
-                        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    except FileExistsError:
-                        pass  # another process created it first: use theirs
-                    else:
-                        with os.fdopen(fd, "wb") as out:
-                            out.write(key.export_private_key())
+                    _create_key_file(self._path)
                 self._key = asyncssh.read_private_key(self._path)
             return self._key
 
@@ -107,6 +129,59 @@ class SshCa:
         fingerprint = str(user_key.get_fingerprint("sha256"))
         return SignedCertificate(line, key_id, principal, valid_after, not_after, serial,
                                  fingerprint)  # fmt: skip
+
+
+def _create_key_file(path: Path) -> None:
+    """Writes a new CA key to a private temporary file, then links it into place: `path` appears
+    whole or not at all, so another worker process (workers share the key directory) never
+    reads it half-written; if one linked its key first, that one stays and ours is dropped."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="credsidecar CA")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(key.export_private_key())
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process's key won: use theirs
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _shared_key(store: Store, sealer: Sealer) -> asyncssh.SSHKey:
+    """The CA key sealed in `store`, created there by the first replica that needs it."""
+    sealed = store.get_secret(CA_ROW)
+    if sealed is None:
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="credsidecar CA")
+        mine = sealer.seal(key.export_private_key(), CA_ROW)
+        sealed = store.put_secret_if_absent(CA_ROW, mine)  # another replica's, if it won
+    try:
+        return asyncssh.import_private_key(sealer.open(sealed, CA_ROW))
+    except SealingError as exc:
+        raise ConfigError(
+            "the SSH CA key in the issuer database does not open with the configured "
+            "key-encryption key (a different KEK than the replica that created it, or a "
+            "tampered row); give every replica the same KEK ([hpc] key_encryption_key_file "
+            "or its variable)"
+        ) from exc
+
+
+def configured_ca_public_key(config: IssuerConfig) -> str:
+    """The CA line of the issuer `config` describes, read where its replicas keep the key (for
+    `credsidecar hpc ca-public-key --config`)."""
+    if not config.store.postgres:
+        return SshCa(config.key_dir).public_key_line()
+    from credsidecar.issuer.key_material import sealer_for_store
+    from credsidecar.issuer.store import open_store
+
+    sealer = sealer_for_store(config)
+    store = open_store(config)
+    try:
+        return SshCa(config.key_dir, store=store, sealer=sealer).public_key_line()
+    finally:
+        store.close()
 
 
 def refuse_private_key(text: object, field: str = "public_key") -> None:
