@@ -19,6 +19,7 @@ from credsidecar.endpoints.azure import (
     APP_SERVICE_PATH,
     IMDS_PATH,
     LEGACY_APP_SERVICE_PATH,
+    MAX_ASKED,
     MAX_ECHOED,
     MAX_RESOURCE_LENGTH,
     AzureEndpoints,
@@ -62,6 +63,10 @@ class Azure:
     entra: FakeEntra
     audit: io.StringIO
     clock: FakeClock
+    endpoints: AzureEndpoints
+
+    def asked_table(self) -> dict[str, object]:
+        return dict(self.endpoints._asked_by_query)
 
 
 @pytest.fixture
@@ -80,7 +85,7 @@ async def azure(aiohttp_client: Callable[..., Any]) -> AsyncIterator[Azure]:
     app = web.Application()
     app.add_routes(guard.routes(endpoints.routes()))
     client = await aiohttp_client(app, server_kwargs=server_kwargs)
-    yield Azure(client, entra, stream, clock)
+    yield Azure(client, entra, stream, clock, endpoints)
     await tokens.close()
 
 
@@ -328,3 +333,22 @@ async def test_the_audit_names_the_contract_each_token_was_served_through(azure:
     paths = [e["path"] for e in events if e["event"] == "credentials.served"]
     assert paths == [APP_SERVICE_PATH, LEGACY_APP_SERVICE_PATH]  # one line per token and path
     assert azure.entra.asked == [("alice", STORAGE_KEY)]  # one token for both
+
+
+async def test_queries_asked_again_get_the_same_answers_and_the_parse_table_stays_bounded(
+    azure: Azure,
+) -> None:
+    headers = {"X-IDENTITY-HEADER": SECRET}
+    for _ in range(2):  # the second time from the parsed queries kept
+        shared = await (await azure.client.get(app_service(client_id=SHARED.client_id),
+                                               headers=headers)).json()  # fmt: skip
+        alice = await (await azure.client.get(app_service(), headers=headers)).json()
+        assert (shared["client_id"], alice["client_id"]) == (SHARED.client_id, ALICE.client_id)
+        missing = await azure.client.get(f"{APP_SERVICE_PATH}?api-version=2019-08-01",
+                                         headers=headers)  # fmt: skip
+        assert missing.status == 400  # a wrong query is never kept: refused every time
+    for i in range(MAX_ASKED + 10):  # a client varying its queries
+        resp = await azure.client.get(app_service(f"{STORAGE}?v={i}"), headers=headers)
+        assert resp.status in (200, 503)
+    endpoints_asked = azure.asked_table()
+    assert 0 < len(endpoints_asked) <= MAX_ASKED

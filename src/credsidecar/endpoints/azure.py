@@ -24,7 +24,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
 from aiohttp import web
@@ -60,6 +60,8 @@ MAX_SERVED = 256  # (identity, resource, path) keys whose last served expiry is 
 # Resource URIs are short (`https://storage.azure.com`, an app ID URI, a GUID); a longer one is a
 # wrong request, and would otherwise be kept in caches and written to logs.
 MAX_RESOURCE_LENGTH = 400
+MAX_ASKED = 256  # query strings whose parse is kept (each client asks a few, again and again)
+_Asked = tuple[AzureIdentityRef, str, str]  # identity, resource as asked, its resource_key
 
 
 def resource_key(resource: str) -> str:
@@ -122,6 +124,14 @@ class AzureEndpoints:
         self._wall = wall
         self._served: dict[tuple[str, str, str], float] = {}
         self._fixed: dict[tuple[str, str, Contract], tuple[Cached[AzureToken], str]] = {}
+        self._asked_by_query: dict[str, _Asked] = {}
+        self.app_service = self._token_handler(
+            "app_service", APP_SERVICE_PATH, self._app_service_refusal
+        )
+        self.imds = self._token_handler("imds", IMDS_PATH, self._imds_refusal)
+        self.legacy_app_service = self._token_handler(
+            "legacy", LEGACY_APP_SERVICE_PATH, self._legacy_refusal
+        )
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -148,7 +158,13 @@ class AzureEndpoints:
         return _error({"error": "invalid_request", "error_description": message,
                        "granted_identities": listed}, 400)  # fmt: skip
 
-    async def _token(self, request: web.Request, contract: Contract, path: str) -> web.Response:
+    def _asked(self, request: web.Request) -> _Asked | web.Response:
+        """What the query asks for (identity, resource, its key), or the 400 saying what is
+        wrong. Clients ask the same query again and again: a valid one is parsed once."""
+        raw = request.query_string
+        asked = self._asked_by_query.get(raw)
+        if asked is not None:
+            return asked
         query = request.query
         resource = query.get("resource", "")
         if not resource:
@@ -163,13 +179,39 @@ class AzureEndpoints:
         identity = self._select(query)
         if isinstance(identity, web.Response):
             return identity
-        key = resource_key(resource)
-        try:
-            entry = self._tokens.get_now((identity.name, key)) or await self._tokens.get(
-                (identity.name, key)
-            )
-        except CredsidecarError as exc:
-            return _failure(exc)
+        if len(self._asked_by_query) >= MAX_ASKED:
+            self._asked_by_query.clear()  # a client varying its queries: parse them again
+        asked = self._asked_by_query[raw] = (identity, resource, resource_key(resource))
+        return asked
+
+    def _token_handler(
+        self, contract: Contract, path: str, refusal: Callable[[web.Request], web.Response | None]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """One contract's handler: its own checks (`refusal`), then the token, in one coroutine
+        (this runs on every request)."""
+
+        async def handler(request: web.Request) -> web.Response:
+            refused = refusal(request)
+            if refused is not None:
+                return refused
+            asked = self._asked(request)
+            if isinstance(asked, web.Response):
+                return asked
+            identity, resource, key = asked
+            try:
+                entry = self._tokens.get_now((identity.name, key)) or await self._tokens.get(
+                    (identity.name, key)
+                )
+            except CredsidecarError as exc:
+                return _failure(exc)
+            return self._answer(identity, resource, key, entry, contract, path)
+
+        return handler
+
+    def _answer(
+        self, identity: AzureIdentityRef, resource: str, key: str, entry: Cached[AzureToken],
+        contract: Contract, path: str,
+    ) -> web.Response:  # fmt: skip
         self._audit_served(identity, key, entry, path)
         expires_in = max(0, int(entry.wall_expiry) - int(self._wall()))  # at response time
         fixed = self._fixed.get((identity.name, resource, contract))
@@ -221,19 +263,20 @@ class AzureEndpoints:
                               resource=resource, expiry=int(entry.wall_expiry),
                               path=path)  # fmt: skip
 
-    async def app_service(self, request: web.Request) -> web.Response:
-        if not secrets_match(request.headers.get("X-IDENTITY-HEADER"), self._secret):
-            return self._guard.refuse(request, 401, "missing or wrong X-IDENTITY-HEADER",
-                                      "; set IDENTITY_HEADER from `credsidecar env`")  # fmt: skip
-        return await self._token(request, "app_service", APP_SERVICE_PATH)
+    def _app_service_refusal(self, request: web.Request) -> web.Response | None:
+        if secrets_match(request.headers.get("X-IDENTITY-HEADER"), self._secret):
+            return None
+        return self._guard.refuse(request, 401, "missing or wrong X-IDENTITY-HEADER",
+                                  "; set IDENTITY_HEADER from `credsidecar env`")  # fmt: skip
 
-    async def imds(self, request: web.Request) -> web.Response:
-        if request.headers.get("Metadata", "").lower() != "true":
-            # azure-identity probes without the header and needs this exact answer quickly.
-            return _invalid("Required metadata header not specified")
-        return await self._token(request, "imds", IMDS_PATH)
+    @staticmethod
+    def _imds_refusal(request: web.Request) -> web.Response | None:
+        if request.headers.get("Metadata", "").lower() == "true":
+            return None
+        # azure-identity probes without the header and needs this exact answer quickly.
+        return _invalid("Required metadata header not specified")
 
-    async def legacy_app_service(self, request: web.Request) -> web.Response:
+    def _legacy_refusal(self, request: web.Request) -> web.Response | None:
         """App Service 2017-09-01: the per-job secret in a `secret` header, `clientid`."""
         if not secrets_match(request.headers.get("secret"), self._secret):
             return self._guard.refuse(request, 401, "missing or wrong secret header",
@@ -245,7 +288,7 @@ class AzureEndpoints:
                 f"api-version {asked!r} is not served at MSI_ENDPOINT: use "
                 f"api-version={LEGACY_API_VERSION} there, or 2019-08-01 at IDENTITY_ENDPOINT"
             )
-        return await self._token(request, "legacy", LEGACY_APP_SERVICE_PATH)
+        return None
 
     # instance metadata (IMDS /metadata/instance) --------------------------------------------
 
