@@ -18,7 +18,7 @@ def docs() -> dict[str, dict[str, Any]]:
     return {f"{d['kind']}/{d['metadata']['name']}": d for d in loaded}
 
 
-def test_the_config_names_a_postgresql_store_a_kek_and_every_core(
+def test_the_config_names_a_postgresql_store_a_kek_and_a_worker_per_requested_core(
     docs: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     from credsidecar.issuer.config import load_config
@@ -28,7 +28,9 @@ def test_the_config_names_a_postgresql_store_a_kek_and_every_core(
         (tmp_path / name).write_text(text, encoding="utf-8")
     config = load_config(tmp_path / "issuer.toml")
     assert config.store.postgres and config.store.password_env == "CREDSIDECAR_DB_PASSWORD"
-    assert config.workers == 0  # "auto"
+    # One worker per core the pod requests ("auto" would count every core of the node).
+    container = docs["Deployment/credsidecar-issuer"]["spec"]["template"]["spec"]["containers"][0]
+    assert config.workers == int(container["resources"]["requests"]["cpu"])
     assert config.kek_env == "CREDSIDECAR_HPC_KEK" and config.kek_file is None
     assert load_policy(config.policy_path) is not None
 
