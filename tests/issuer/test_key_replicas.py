@@ -12,13 +12,13 @@ import pytest
 from joserfc import jwt
 
 from credsidecar.errors import ConfigError
-from credsidecar.issuer.config import IssuerConfig, StoreConfig
+from credsidecar.issuer.config import IssuerConfig
 from credsidecar.issuer.key_material import sealer_for_store
 from credsidecar.issuer.keys import MAX_VIEW_AGE, PRUNE_GRACE, PUBLISH_DELAY, KeyRing
 from credsidecar.issuer.sealing import Sealer
 from credsidecar.issuer.store import Store, open_store
 from tests.support.clock import FakeClock
-from tests.support.postgres import PASSWORD_ENV
+from tests.support.postgres import issuer_config_on
 
 KEK = bytes(range(32))
 OTHER_KEK = bytes(range(1, 33))
@@ -27,14 +27,7 @@ OpenStore = Callable[[], Store]
 
 
 def _config(tmp_path: Path, url: str | None = None) -> IssuerConfig:
-    return IssuerConfig(
-        issuer_url="https://issuer.example.org",
-        host="127.0.0.1",
-        port=8400,
-        state_dir=tmp_path / "state",
-        policy_path=tmp_path / "policy.toml",
-        store=StoreConfig(url=url, password_env=PASSWORD_ENV if url else None),
-    )
+    return issuer_config_on(tmp_path, url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -10,26 +10,18 @@ import asyncssh
 import pytest
 
 from credsidecar.errors import ConfigError
-from credsidecar.issuer.config import IssuerConfig, StoreConfig
+from credsidecar.issuer.config import IssuerConfig
 from credsidecar.issuer.sealing import Sealer
 from credsidecar.issuer.ssh_ca import CA_ROW, SshCa, configured_ca_public_key
 from credsidecar.issuer.store import Store, open_store
-from tests.support.postgres import PASSWORD_ENV
+from tests.support.postgres import issuer_config_on
 
 KEK = bytes(range(32))
 NOW = 1_800_000_000
 
 
 def _config(tmp_path: Path, url: str | None) -> IssuerConfig:
-    return IssuerConfig(
-        issuer_url="https://issuer.example.org",
-        host="127.0.0.1",
-        port=8400,
-        state_dir=tmp_path / "state",
-        policy_path=tmp_path / "policy.toml",
-        store=StoreConfig(url=url, password_env=PASSWORD_ENV if url else None),
-        kek_env="TEST_KEK",
-    )
+    return issuer_config_on(tmp_path, url, kek_env="TEST_KEK")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

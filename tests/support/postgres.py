@@ -33,9 +33,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from credsidecar.issuer.config import IssuerConfig
 
 from tests.support.ports import candidate_port, start_on_candidate_ports
 from tests.support.processes import spawn, stop_process, tail, wait_for
@@ -291,3 +294,19 @@ def postgres_url(
     yield postgres_cluster.url(name)
     with contextlib.suppress(Exception):
         postgres_cluster.drop_database(name)
+
+
+def issuer_config_on(tmp_path: Path, url: str | None, **extra: Any) -> IssuerConfig:
+    """A minimal issuer config in `tmp_path` whose store is `url` (a PostgreSQL database from
+    the fixtures, with its password variable) or SQLite (None)."""
+    from credsidecar.issuer.config import IssuerConfig, StoreConfig
+
+    return IssuerConfig(
+        issuer_url="https://issuer.example.org",
+        host="127.0.0.1",
+        port=8400,
+        state_dir=tmp_path / "state",
+        policy_path=tmp_path / "policy.toml",
+        store=StoreConfig(url=url, password_env=PASSWORD_ENV if url else None),
+        **extra,
+    )
