@@ -3,6 +3,9 @@
 Each builder returns a `Provider` bundle; the daemon starts them, serves their routes behind the
 guard and writes their variables into the job environment. A cloud without an identity in the
 launch token (and no override flag) is simply absent.
+
+Longer than ~400 lines on purpose: the four clouds' builders (AWS, GCP, GCP external account,
+Azure) are read side by side, each one screen, and share `Context` and `Provider`.
 """
 
 from __future__ import annotations

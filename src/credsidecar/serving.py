@@ -17,6 +17,10 @@ wraps each aiohttp `RequestHandler` in a thin `asyncio.Protocol` that reports co
 data received and connection lost to a `ConnectionTracker`; the low-level server's
 `request_handler` (public) is wrapped to report when a request starts and ends. One sweeper task
 closes expired connections every `SWEEP_INTERVAL`, instead of a timer per connection.
+
+A little over ~400 lines on purpose: the tracker, the protocol wrapper reporting to it, the site
+and the direct routes (`direct_routes`) are one mechanism around aiohttp's server, each part
+meaningless without the others.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ revoke    runs and users (admins, the platform); rotate-key for the signing keys
 
 Launch requests are parsed in launch_request.py and launch tokens verified in launch_tokens.py;
 HPC is a separate service (hpc_service.py) that assembly.py gives only what it uses.
+A little over ~400 lines: mint and exchange share their checks (policy, user, run, limits), and
+are clearer read in one place than split.
 """
 
 from __future__ import annotations

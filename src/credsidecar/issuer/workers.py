@@ -22,6 +22,9 @@
    that exits `CRASH_LOOP_EXITS` times within `CRASH_LOOP_SECONDS` makes the supervisor stop
    every worker and fail with a message saying which and what to do. SIGTERM/SIGINT stop every
    worker and wait for them; SIGHUP is forwarded (policy and key reload in each worker).
+
+A little over ~400 lines: both ends of the hand-over protocol (the supervisor's and the
+worker's) live here so that they are read, and changed, together.
 """
 
 from __future__ import annotations
