@@ -49,6 +49,7 @@ def start_baseline(
         )
     )
     port_file = bench.work / "baseline.port"
+    port_file.unlink(missing_ok=True)  # a bare app started before in this run wrote one
     log = bench.work / "baseline.log"
     proc = bench.procs.start(
         [*wrapper, *child_argv("baseline", str(spec), str(port_file))],
