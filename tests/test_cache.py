@@ -442,3 +442,22 @@ async def test_get_now_raises_the_same_error_as_get_once_nothing_valid_is_left()
     with pytest.raises(Forbidden, match="run revoked"):
         await family.get("key")
     await family.close()
+
+
+async def test_a_renewal_waits_as_long_as_the_upstream_asked_but_not_past_the_margin() -> None:
+    world = World(lifetime=1000)
+    cache = world.cache()
+    await cache.start(give_up_after=10)
+    # The issuer's rate limit: 429 with Retry-After: 60, twice (backoff alone: 1 s, then 2 s).
+    world.failures = [Unavailable("rate limited", upstream_retry_after=60)] * 2
+    await fetched(world, 4)
+    gaps = [b - a for a, b in zip(world.fetch_times[1:], world.fetch_times[2:], strict=False)]
+    assert [round(gap) for gap in gaps] == [60, 60]
+    # Asked for longer than the value we serve has left: retried before it runs out instead.
+    world.failures = [Unavailable("rate limited", upstream_retry_after=10_000)] * 2
+    before = len(world.fetch_times)
+    await fetched(world, before + 3)
+    retry = world.fetch_times[before + 1] - world.fetch_times[before]
+    assert retry < 500  # well inside the value's remaining half-life, not 10,000 s
+    assert cache.current().serial == before + 3
+    await cache.close()

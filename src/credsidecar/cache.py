@@ -271,6 +271,9 @@ class CredentialCache(Generic[T]):
 
     def _retry_delay(self, exc: CredsidecarError) -> float:
         delay = self._backoff(permanent=not exc.retryable)
+        asked = getattr(exc, "upstream_retry_after", None)
+        if asked is not None:  # the upstream's Retry-After (the issuer's rate limits)
+            delay = max(delay, float(asked))
         entry = self._valid()
         if entry is not None:
             # Try again before the value we still serve runs out, leaving room for

@@ -138,9 +138,14 @@ class Unavailable(CredsidecarError):
     code = "temporarily_unavailable"
     retryable = True
 
-    def __init__(self, message: str, retry_after: int = 5) -> None:
+    def __init__(
+        self, message: str, retry_after: int = 5, *, upstream_retry_after: int | None = None
+    ) -> None:
+        """`upstream_retry_after`: the upstream's own `Retry-After` (seconds), which renewals
+        honour: retrying a rate-limited issuer sooner only costs both sides."""
         super().__init__(message)
         self.retry_after = retry_after
+        self.upstream_retry_after = upstream_retry_after
 
 
 class HpcApiError(CredsidecarError):

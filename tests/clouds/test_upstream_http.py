@@ -10,6 +10,7 @@ from aiohttp import web
 
 from credsidecar.clouds.upstream_http import MAX_RESPONSE_BYTES, post, request
 from credsidecar.errors import Unavailable
+from credsidecar.launch.exchange import IssuerExchange
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -37,6 +38,18 @@ async def html(request: web.Request) -> web.Response:
     return web.Response(status=502, text="<html>gateway</html>")
 
 
+async def limited(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"error": "rate_limited", "error_description": "run 'r1' is over the per_run limit"},
+        status=429, headers={"Retry-After": request.query["after"]},
+    )  # fmt: skip
+
+
+async def limited_issuer(request: web.Request) -> web.Response:
+    """The issuer's token endpoint, rate-limited."""
+    return await limited(request.clone(rel_url="/v1/token?after=42"))
+
+
 @pytest.fixture
 async def base(aiohttp_server: Any) -> str:
     app = web.Application()
@@ -44,6 +57,8 @@ async def base(aiohttp_server: Any) -> str:
     app.router.add_get("/big", big)
     app.router.add_get("/sized", sized)
     app.router.add_get("/html", html)
+    app.router.add_post("/limited", limited)
+    app.router.add_post("/v1/token", limited_issuer)
     return str((await aiohttp_server(app)).make_url(""))
 
 
@@ -82,3 +97,29 @@ async def test_a_body_that_is_not_json_is_quoted_or_refused_clearly(
     assert resp.fields() == {"error_description": "<html>gateway</html>"}
     with pytest.raises(Unavailable, match=r"IAM Credentials answered HTTP 502 .* not JSON"):
         resp.json()
+
+
+@pytest.mark.parametrize(
+    ("header", "seen"),
+    [("7", 7), (" 12 ", 12), ("100000", 300), ("Wed, 21 Oct 2026 07:28:00 GMT", None),
+     ("-1", None), ("9" * 40, None)],
+)  # fmt: skip
+async def test_retry_after_is_read_as_seconds_and_capped(
+    base: str, http: aiohttp.ClientSession, header: str, seen: int | None
+) -> None:
+    resp = await post(http, f"{base}/limited?after={header}", "Issuer", form={})
+    assert resp.status == 429 and resp.retry_after == seen
+
+
+async def test_a_rate_limited_exchange_is_retried_no_sooner_than_the_issuer_asks(
+    base: str, http: aiohttp.ClientSession
+) -> None:
+    class Token:
+        async def read(self) -> str:
+            return "launch-token"
+
+    exchange = IssuerExchange(base, Token(), http)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable) as info:
+        await exchange.token("sts.amazonaws.com", "aws", None)
+    assert info.value.upstream_retry_after == 42 and info.value.retry_after == 42
+    assert "per_run limit" in info.value.message

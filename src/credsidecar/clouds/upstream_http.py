@@ -32,6 +32,9 @@ UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 MAX_RESPONSE_BYTES = 1024 * 1024
 _READ_CHUNK = 64 * 1024
 _SNIPPET = 300  # characters of a non-JSON body quoted in an error
+# The longest `Retry-After` honoured: a busy upstream (the issuer's rate limits) may slow
+# renewals down, not park them while credentials run out.
+MAX_RETRY_AFTER = 300
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class UpstreamResponse:
     url: str
     status: int
     body: bytes
+    # The answer's `Retry-After` in seconds (delta-seconds only, at most MAX_RETRY_AFTER), if any.
+    retry_after: int | None = None
 
     @property
     def text(self) -> str:
@@ -65,6 +70,14 @@ class UpstreamResponse:
         except (ValueError, UnicodeDecodeError):
             return {"error_description": self.text[:_SNIPPET]} if self.body else {}
         return body if isinstance(body, dict) else {}
+
+
+def _retry_after(value: str | None) -> int | None:
+    """`Retry-After` as delta-seconds, capped: an upstream cannot park renewals for long (an
+    HTTP date, rare from these services, is ignored: the usual backoff applies)."""
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 6:
+        return None
+    return min(int(value.strip()), MAX_RETRY_AFTER)
 
 
 async def request(
@@ -96,6 +109,7 @@ async def request(
     try:
         async with session.request(method, url, **kwargs) as resp:
             status = resp.status
+            retry_after = _retry_after(resp.headers.get("Retry-After"))
             length = resp.content_length
             if length is not None and length > MAX_RESPONSE_BYTES:
                 raise _too_large(service, url, status)
@@ -111,7 +125,7 @@ async def request(
             f"{service} is unreachable{for_who} ({method} {url}: {detail})"
             + (f"; {hint}" if hint else "")
         ) from exc
-    return UpstreamResponse(service, url, status, bytes(body))
+    return UpstreamResponse(service, url, status, bytes(body), retry_after)
 
 
 async def post(

@@ -79,15 +79,20 @@ class IssuerExchange:
             return FederatedToken(body["access_token"], expires_at, body.get("identity") or {})
         reason = body.get("error_description") or resp.text[:300] or f"HTTP {resp.status}"
         raise _issuer_error(
-            resp.status, body.get("error"), f"the issuer refused the exchange: {reason}"
-        )
+            resp.status, body.get("error"), f"the issuer refused the exchange: {reason}",
+            resp.retry_after,
+        )  # fmt: skip
 
 
-def _issuer_error(status: int, code: Any, message: str) -> CredsidecarError:
+def _issuer_error(
+    status: int, code: Any, message: str, retry_after: int | None = None
+) -> CredsidecarError:
     if status == 403:
         return Forbidden(message)
     if status == 400 and code == "invalid_grant":
         return InvalidGrant(message)
     if 400 <= status < 500 and status != 429:
         return BadRequest(message)
-    return Unavailable(message, retry_after=5)
+    # 429 (the issuer's rate limits) and 5xx: retried, no sooner than the issuer asked.
+    return Unavailable(message, retry_after=max(5, retry_after or 0),
+                       upstream_retry_after=retry_after)  # fmt: skip
