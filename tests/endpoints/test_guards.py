@@ -47,6 +47,12 @@ from tests.support.ports import held_port
         {"Origin": "http://evil.example"},
         {"Referer": "http://evil.example/page"},
         {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Mode": "navigate"},
+        {"X-Real-IP": "10.0.0.1"},
+        # Header names are case-insensitive: any spelling is refused.
+        {"ORIGIN": "http://evil.example"},
+        {"x-forwarded-for": "10.0.0.1"},
+        {"sec-fetch-site": "cross-site"},
         {"Host": "evil.example"},
         {"Host": "127.0.0.1:1"},
     ],

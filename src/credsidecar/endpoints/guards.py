@@ -50,8 +50,9 @@ _Verdict = tuple[str | None, str | None]
 _PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "Via", "X-Forwarded-Host",
                   "X-Forwarded-Proto", "X-Forwarded-Port")  # fmt: skip
 _BROWSER_HEADERS = ("Origin", "Referer", "Sec-Fetch-Site", "Sec-Fetch-Mode")
-# One pass over the request's few headers instead of a lookup per refused name (~1 us less).
-_REFUSED_HEADERS = frozenset(name.lower() for name in _PROXY_HEADERS + _BROWSER_HEADERS)
+# Asked of the headers' keys view, whose membership test ignores case (multidict): ~0.2 us,
+# against ~0.8 us for lower-casing every header name of the request.
+_REFUSED_HEADERS = frozenset(_PROXY_HEADERS + _BROWSER_HEADERS)
 _LOOPBACK_FAST = frozenset({"127.0.0.1", "::1"})
 REFUSAL_WINDOW = 10.0
 # Refusal lines per window, every peer and reason together: about 200 bytes each, so at most
@@ -266,7 +267,7 @@ class Guard:
         headers = request.headers
         if headers.get("Host") not in self._hosts:
             return "unexpected Host header (possible DNS rebinding)"
-        if not _REFUSED_HEADERS.isdisjoint(map(str.lower, headers)):
+        if not headers.keys().isdisjoint(_REFUSED_HEADERS):
             if any(h in headers for h in _PROXY_HEADERS):
                 return "proxied request (X-Forwarded-*/Forwarded/Via) refused"
             return "browser-style request (Origin/Referer/Sec-Fetch) refused"
