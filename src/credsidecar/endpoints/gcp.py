@@ -238,10 +238,12 @@ class GcpEndpoints:
         refused = self._refusal(request)
         if refused is not None:
             return refused
-        scopes = self._scope_sets.get(request.query.get("scopes", ""))
+        # Most clients send no query at all: parsing one (`request.query`) costs ~2 us a request.
+        raw = request.query.get("scopes", "") if request.query_string else ""
+        scopes = self._scope_sets.get(raw)
         if scopes is None:
             try:
-                scopes = self._parse_scopes(request.query.get("scopes", ""))
+                scopes = self._parse_scopes(raw)
             except BadRequest as exc:
                 return _text(f"{exc.message}\n", 400)
         try:
