@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,10 +72,20 @@ def start_baseline(
     return proc, url
 
 
+def bound_and_announced(port_file: str) -> socket.socket:
+    """A socket bound to a free loopback port, whose number is then written to `port_file`
+    (atomically: whoever waits for the file reads a whole number)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    tmp = Path(port_file + ".tmp")
+    tmp.write_text(str(sock.getsockname()[1]))
+    tmp.replace(port_file)
+    return sock
+
+
 def serve_baseline(spec_file: str, port_file: str) -> None:
     """A bare aiohttp app: no middleware, one handler per route returning fixed bytes."""
-    import socket
-
     from aiohttp import web
 
     app = web.Application()
@@ -88,12 +99,7 @@ def serve_baseline(spec_file: str, port_file: str) -> None:
             return web.Response(body=body, headers=headers)
 
         app.router.add_get(spec["path"], handler)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    tmp = Path(port_file + ".tmp")
-    tmp.write_text(str(sock.getsockname()[1]))
-    tmp.replace(port_file)
+    sock = bound_and_announced(port_file)
     # The same event loop the sidecar runs on (uvloop when installed), for a like-for-like ratio.
     try:
         import uvloop

@@ -267,9 +267,9 @@ def load_main(spec_file: str, out: str) -> None:
 def serve_main(port_file: str) -> None:
     """A trivial exchange server: reads the form, answers fixed bytes; every core it may use
     (SO_REUSEPORT workers are not needed: the check offers a few hundred requests a second)."""
-    import socket
-
     from aiohttp import web
+
+    from harness.baseline import bound_and_announced
 
     body = json.dumps(
         {
@@ -286,12 +286,7 @@ def serve_main(port_file: str) -> None:
 
     app = web.Application()
     app.router.add_post(EXCHANGE_PATH, token)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    tmp = Path(port_file + ".tmp")
-    tmp.write_text(str(sock.getsockname()[1]))
-    tmp.replace(port_file)
+    sock = bound_and_announced(port_file)
     web.run_app(app, sock=sock, access_log=None, print=None, backlog=4096, loop=_loop())
 
 
