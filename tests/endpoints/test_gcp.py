@@ -118,9 +118,11 @@ async def test_service_account_documents(client: TestClient) -> None:
 
 async def test_identity_token_for_an_audience(client: TestClient) -> None:
     path = f"{V1}/instance/service-accounts/default/identity"
-    resp = await client.get(f"{path}?audience=https://svc.example&format=full", headers=FLAVOR)
-    assert await resp.text() == "id-token-for-https://svc.example"
-    assert (await client.get(path, headers=FLAVOR)).status == 400
+    for audience in ("https://svc.example", "https://other.example", "https://svc.example"):
+        # Each query's parse is kept: asked again, the same query names the same audience.
+        resp = await client.get(f"{path}?audience={audience}&format=full", headers=FLAVOR)
+        assert await resp.text() == f"id-token-for-{audience}"
+        assert (await client.get(path, headers=FLAVOR)).status == 400
 
 
 async def test_project_and_universe(client: TestClient) -> None:
