@@ -19,6 +19,7 @@ from credsidecar.launch.grants import (
     LINUX_USERNAME,
     PROVIDERS,
     ROLE_ARN,
+    SOURCES,
     AwsGrant,
     AzureGrant,
     GcpGrant,
@@ -276,13 +277,22 @@ class _Fields:
             raise self.fail(unknown[0], "is not a known setting")
 
 
+def _source(f: _Fields) -> str:
+    source = str(f.text("source", default="federation"))
+    if source not in SOURCES:
+        raise f.fail("source", f"{source[:40]!r} is not one of {', '.join(SOURCES)}")
+    return source
+
+
 def parse_identity(
     provider: str, name: str, table: Mapping[str, Any], audiences: Mapping[str, str]
 ) -> Identity:
     """Builds one identity from its `[identities.PROVIDER.NAME]` table."""
     f = _Fields(provider, name, table)
     identity: Identity
-    if provider == "aws" and f.text("source", default="federation") == "node":
+    # Where a cloud identity's credentials come from: the issuer's federation, or the node.
+    node = provider in ("aws", "gcp", "azure") and _source(f) == "node"
+    if provider == "aws" and node:
         role_arn = f.text("role_arn", ROLE_ARN, required=False,
                           hint=" (arn:aws:iam::ACCOUNT:role/NAME)")  # fmt: skip
         session_policy = f.text("session_policy", required=False)
@@ -294,10 +304,6 @@ def parse_identity(
             )
         identity = AwsNodeIdentity(name=name, role_arn=role_arn, session_policy=session_policy)
     elif provider == "aws":
-        if f.table.get("source") != "federation" and "source" in f.table:
-            raise f.fail(
-                "source", f"{str(f.table['source'])[:40]!r} is not one of federation, node"
-            )
         identity = AwsIdentity(
             name=name,
             role_arn=str(f.text("role_arn", ROLE_ARN, hint=" (arn:aws:iam::ACCOUNT:role/NAME)")),
@@ -307,17 +313,13 @@ def parse_identity(
             session_tags=f.mapping("session_tags"),
             session_policy=f.text("session_policy", required=False),
         )
-    elif provider == "gcp" and f.text("source", default="federation") == "node":
+    elif provider == "gcp" and node:
         identity = GcpNodeIdentity(
             name=name,
             service_account=f.text("service_account", _EMAIL, required=False),
             project_id=f.text("project_id", required=False),
         )
     elif provider == "gcp":
-        if f.table.get("source") != "federation" and "source" in f.table:
-            raise f.fail(
-                "source", f"{str(f.table['source'])[:40]!r} is not one of federation, node"
-            )
         identity = GcpIdentity(
             name=name,
             gcp_audience=str(
@@ -327,7 +329,7 @@ def parse_identity(
             project_id=f.text("project_id", required=False),
             project_number=f.text("project_number", re.compile(r"\d{1,20}"), required=False),
         )
-    elif provider == "azure" and f.text("source", default="federation") == "node":
+    elif provider == "azure" and node:
         client_id = f.text("client_id", _GUID, required=False, hint=" (a GUID)")
         mi_res_id = f.text("mi_res_id", _MI_RES_ID, required=False, hint=_MI_RES_ID_HINT)
         if client_id and mi_res_id:
@@ -338,10 +340,6 @@ def parse_identity(
             )
         identity = AzureNodeIdentity(name=name, client_id=client_id, mi_res_id=mi_res_id)
     elif provider == "azure":
-        if f.table.get("source") != "federation" and "source" in f.table:
-            raise f.fail(
-                "source", f"{str(f.table['source'])[:40]!r} is not one of federation, node"
-            )
         identity = AzureIdentity(
             name=name,
             tenant_id=str(f.text("tenant_id", re.compile(f"{_GUID.pattern}|{_DOMAIN.pattern}"))),
